@@ -1,0 +1,189 @@
+"""The parquet store: where files live, how they are keyed, written and listed.
+
+Layout under the cache folder (``--cache DIR``, else ``$EXPLORER_CACHE``, else
+``<repo>/cache``)::
+
+    features/<key>.parquet      one per (dataset fp, checkpoint fp, pooling, split)
+    projections/<key>.parquet   one per (features run, method, parameters)
+    evaluations/<key>.json      one per features run with predictions (+ summary.json)
+    checkpoints/                checkpoints the demo and `finetune` build
+
+Every parquet carries its provenance as JSON under the key-value metadata key
+``explorer``. Files are written to ``.<name>.tmp-<pid>`` and renamed, so a
+killed run never leaves a file that looks whole; ``ls`` ignores temp files and
+anything whose footer does not read back.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+META_KEY = b"explorer"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+KINDS = ("features", "projections", "evaluations", "checkpoints")
+
+
+def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
+    """Resolve the cache folder: explicit argument, then $EXPLORER_CACHE, then <repo>/cache."""
+    path = explicit or os.environ.get("EXPLORER_CACHE") or (REPO_ROOT / "cache")
+    return Path(path).expanduser().resolve()
+
+
+def key_of(*parts) -> str:
+    """A 16-hex-char key from any JSON-serialisable parts (order matters)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def path_for(cache: Path, kind: str, key: str, suffix: str = ".parquet") -> Path:
+    assert kind in KINDS, kind
+    return Path(cache) / kind / f"{key}{suffix}"
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temp path beside ``path``; rename it over ``path`` only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_path(path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def with_provenance(schema: pa.Schema, provenance: dict) -> pa.Schema:
+    meta = dict(schema.metadata or {})
+    meta[META_KEY] = json.dumps(provenance, default=str).encode()
+    return schema.with_metadata(meta)
+
+
+class AtomicParquetWriter:
+    """Stream record batches into a parquet file that appears only when complete.
+
+    >>> with AtomicParquetWriter(path, schema, provenance) as w:
+    ...     w.write(batch_table)
+    """
+
+    def __init__(self, path, schema: pa.Schema, provenance: dict):
+        self.path = Path(path)
+        self.schema = with_provenance(schema, provenance)
+        self._ctx = atomic_path(self.path)
+        self._writer = None
+        self.rows = 0
+
+    def __enter__(self):
+        tmp = self._ctx.__enter__()
+        self._writer = pq.ParquetWriter(tmp, self.schema, compression="zstd")
+        return self
+
+    def write(self, table: pa.Table):
+        self._writer.write_table(table.cast(self.schema.remove_metadata()))
+        self.rows += table.num_rows
+
+    def __exit__(self, exc_type, exc, tb):
+        self._writer.close()
+        return self._ctx.__exit__(exc_type, exc, tb)
+
+
+def write_parquet(path, table: pa.Table, provenance: dict) -> Path:
+    """Write a whole table atomically with provenance."""
+    with AtomicParquetWriter(path, table.schema, provenance) as w:
+        w.write(table)
+    return Path(path)
+
+
+def write_json(path, obj) -> Path:
+    """Write JSON atomically."""
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(obj, indent=1, default=str))
+    return Path(path)
+
+
+def provenance(path) -> dict | None:
+    """The provenance dict of a complete parquet file, or None if it is unreadable,
+    truncated or its row count disagrees with what was recorded."""
+    try:
+        md = pq.read_metadata(path)
+        prov = json.loads((md.metadata or {}).get(META_KEY, b"null"))
+    except Exception:
+        return None
+    if not isinstance(prov, dict):
+        return None
+    if "rows" in prov and prov["rows"] != md.num_rows:
+        return None
+    prov.setdefault("rows", md.num_rows)
+    return prov
+
+
+def read_table(path, columns=None) -> pa.Table | None:
+    """Read a cached parquet fully, or None when it is corrupt (then callers recompute)."""
+    if provenance(path) is None:
+        return None
+    try:
+        return pq.read_table(path, columns=columns)
+    except Exception:
+        return None
+
+
+@contextlib.contextmanager
+def compute_lock(path, timeout: float = 3600):
+    """Hold a file lock for computing ``path``: two identical requests compute once,
+    the second waits and then finds the file cached."""
+    from filelock import FileLock
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path.with_name(f".{path.name}.lock")), timeout=timeout):
+        yield
+
+
+def list_runs(cache=None) -> list[dict]:
+    """Every complete cached artefact with its provenance, path, size and kind.
+
+    Features and projections come from their parquet footers, evaluations from
+    their JSON; incomplete or corrupt files are left out.
+    """
+    cache = cache_dir(cache)
+    runs = []
+    for kind in ("features", "projections"):
+        for p in sorted((cache / kind).glob("*.parquet")):
+            if p.name.startswith("."):
+                continue
+            prov = provenance(p)
+            if prov is None:
+                continue
+            prov.update(kind=kind.rstrip("s"), key=p.stem, path=str(p), bytes=p.stat().st_size)
+            runs.append(prov)
+    for p in sorted((cache / "evaluations").glob("*.json")):
+        if p.name.startswith("."):
+            continue
+        try:
+            obj = json.loads(p.read_text())
+        except Exception:
+            continue
+        runs.append(
+            {
+                "kind": "evaluation",
+                "key": p.stem,
+                "path": str(p),
+                "bytes": p.stat().st_size,
+                **{k: obj.get(k) for k in ("features_run", "dataset", "model", "mode", "macro_f1", "accuracy")},
+            }
+        )
+    return runs

@@ -1,0 +1,64 @@
+"""Dataset references -> one Dataset interface.
+
+A reference is an explicit string, never guessed:
+
+=====================  ==========================================================
+``synthetic:galaxy10``  procedurally rendered Galaxy10-like galaxies (offline demo);
+                        options as ``synthetic:galaxy10?n=3000&size=64&seed=42``
+``h5:PATH``             the astroNN ``Galaxy10_DECals.h5`` file (or one in its layout)
+``hf:OWNER/NAME``       a Hugging Face dataset by hub id (needs network or HF cache)
+``hf:LOCAL_DIR``        a ``save_to_disk`` folder or a folder of parquet files
+``folder:DIR``          images listed in ``DIR/labels.csv`` (``file,label[,...]``)
+=====================  ==========================================================
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+from .base import GALAXY10_CLASSES, Dataset, SourceError  # noqa: F401
+
+PREFIXES = ("synthetic", "h5", "hf", "folder")
+
+
+def split_ref(ref: str, kinds=PREFIXES, what: str = "dataset") -> tuple[str, str, dict]:
+    """Split ``prefix:body?opt=v`` into (prefix, body, options); raise SourceError with
+    the accepted forms when the prefix is missing or unknown."""
+    if not isinstance(ref, str) or ":" not in ref:
+        raise SourceError(
+            f"{what} reference {ref!r} has no prefix: write one of "
+            + ", ".join(f"{k}:..." for k in kinds)
+        )
+    prefix, body = ref.split(":", 1)
+    if prefix not in kinds:
+        raise SourceError(
+            f"unknown {what} prefix {prefix!r} in {ref!r}: use one of " + ", ".join(f"{k}:" for k in kinds)
+        )
+    options = {}
+    if "?" in body:
+        body, query = body.split("?", 1)
+        options = dict(parse_qsl(query))
+    if not body:
+        raise SourceError(f"{what} reference {ref!r} is empty after {prefix}:")
+    return prefix, body, options
+
+
+def open_dataset(ref: str, **kwargs) -> Dataset:
+    """Open a dataset reference (see module docstring). Raises SourceError for user errors."""
+    prefix, body, options = split_ref(ref)
+    options.update(kwargs)
+    if prefix == "synthetic":
+        from .synthetic import open_synthetic
+
+        return open_synthetic(ref, body, **options)
+    if prefix == "h5":
+        from .h5 import open_h5
+
+        return open_h5(ref, Path(body).expanduser(), **options)
+    if prefix == "hf":
+        from .hf import open_hf
+
+        return open_hf(ref, body, **options)
+    from .folder import open_folder
+
+    return open_folder(ref, Path(body).expanduser(), **options)
