@@ -26,7 +26,10 @@ GALAXY10_COUNTS = [1081, 1853, 2645, 2027, 334, 2043, 1829, 2628, 1423, 1873]
 GALAXY_MNIST_CLASSES = ["smooth_round", "smooth_cigar", "edge_on_disk", "unbarred_spiral"]
 
 
-class SourceError(ValueError):
+from ..errors import UserError
+
+
+class SourceError(UserError, ValueError):
     """A user-facing problem with a dataset or checkpoint reference (bad prefix,
     missing path, unreachable id). The message says what to do; the CLI prints it
     without a traceback and exits with code 2."""
