@@ -248,6 +248,10 @@ class Checkpoint:
                 save_file({k: v.float().contiguous() for k, v in self.head.state_dict().items()},
                           tmp / "explorer_head.safetensors")
                 cfg = json.loads((tmp / "config.json").read_text())
+                if self.head_spec is None:
+                    from .heads import head_spec
+
+                    self.head_spec = head_spec(self.head)
                 cfg["explorer_head"] = self.head_spec
                 cfg["id2label"] = {str(k): v for k, v in (self.id2label or {}).items()}
                 cfg["label2id"] = {v: int(k) for k, v in (self.id2label or {}).items()}
