@@ -56,7 +56,8 @@ def plan(dataset, model_ref: str, pooling: str = "auto", split: str = "all", mod
     mode = mode or desc["mode"] or ("full" if desc["has_head"] else "generic")
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
-    dataset.rows(split)  # validates the split name
+    if len(dataset.rows(split)) == 0:  # also validates the split name
+        raise UserError(f"split {split!r} of {dataset.source} has no images")
     info = dict(
         dataset=dataset.source, dataset_fingerprint=dataset.fingerprint, model=model_ref,
         model_fingerprint=fingerprint_dir(ckpt_path), family=desc["family"], mode=mode,
@@ -133,8 +134,6 @@ def _compute(ds, model_ref, info, path, device, batch_size, cache, progress, com
     on_gpu = device == "cuda"
     batch_size = batch_size or (256 if on_gpu else 64)
     rows = ds.rows(info["split"])
-    if len(rows) == 0:
-        raise UserError(f"split {info['split']!r} of {ds.source} has no images")
     n_classes = len(ck.id2label or {})
 
     # Reader: uint8 batches from the source, pinned for async host->device copies.
