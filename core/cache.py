@@ -67,14 +67,11 @@ def atomic_path(path: str | os.PathLike):
             tmp.unlink()
 
 
-def with_provenance(schema: pa.Schema, provenance: dict) -> pa.Schema:
-    meta = dict(schema.metadata or {})
-    meta[META_KEY] = json.dumps(provenance, default=str).encode()
-    return schema.with_metadata(meta)
-
-
 class AtomicParquetWriter:
-    """Stream record batches into a parquet file that appears only when complete.
+    """Stream tables into a parquet file that appears only when complete.
+
+    The provenance dict is written into the footer at close, so fields filled in
+    during the run (timings, the embedding width) are recorded too.
 
     >>> with AtomicParquetWriter(path, schema, provenance) as w:
     ...     w.write(batch_table)
@@ -82,21 +79,25 @@ class AtomicParquetWriter:
 
     def __init__(self, path, schema: pa.Schema, provenance: dict):
         self.path = Path(path)
-        self.schema = with_provenance(schema, provenance)
+        self.schema = schema.remove_metadata()
+        self.provenance = provenance
         self._ctx = atomic_path(self.path)
         self._writer = None
         self.rows = 0
 
     def __enter__(self):
         tmp = self._ctx.__enter__()
-        self._writer = pq.ParquetWriter(tmp, self.schema, compression="zstd")
+        self._writer = pq.ParquetWriter(tmp, self.schema, compression="zstd", write_page_checksum=True)
         return self
 
     def write(self, table: pa.Table):
-        self._writer.write_table(table.cast(self.schema.remove_metadata()))
+        self._writer.write_table(table.select(self.schema.names).cast(self.schema))
         self.rows += table.num_rows
 
     def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.provenance["rows"] = self.rows
+            self._writer.add_key_value_metadata({META_KEY: json.dumps(self.provenance, default=str).encode()})
         self._writer.close()
         return self._ctx.__exit__(exc_type, exc, tb)
 
@@ -136,7 +137,7 @@ def read_table(path, columns=None) -> pa.Table | None:
     if provenance(path) is None:
         return None
     try:
-        return pq.read_table(path, columns=columns)
+        return pq.read_table(path, columns=columns, page_checksum_verification=True)
     except Exception:
         return None
 
@@ -161,14 +162,14 @@ def list_runs(cache=None) -> list[dict]:
     """
     cache = cache_dir(cache)
     runs = []
-    for kind in ("features", "projections"):
+    for kind, label in (("features", "features"), ("projections", "projection")):
         for p in sorted((cache / kind).glob("*.parquet")):
             if p.name.startswith("."):
                 continue
             prov = provenance(p)
             if prov is None:
                 continue
-            prov.update(kind=kind.rstrip("s"), key=p.stem, path=str(p), bytes=p.stat().st_size)
+            prov.update(kind=label, key=p.stem, path=str(p), bytes=p.stat().st_size)
             runs.append(prov)
     for p in sorted((cache / "evaluations").glob("*.json")):
         if p.name.startswith(".") or p.name == "summary.json":  # summary: the ΔF1 table, not a run

@@ -43,9 +43,21 @@ def split_ref(ref: str, kinds=PREFIXES, what: str = "dataset") -> tuple[str, str
     return prefix, body, options
 
 
+def normalize_ref(ref: str) -> str:
+    """The canonical spelling of a reference: local paths made absolute, so the same
+    data gets the same name whatever folder a command ran from."""
+    prefix, body, _ = split_ref(ref, kinds=PREFIXES + ("dir", "demo"), what="reference")
+    query = ref.split("?", 1)[1] if "?" in ref else ""
+    local = prefix in ("h5", "folder", "dir") or (prefix == "hf" and Path(body).expanduser().exists())
+    if local:
+        body = str(Path(body).expanduser().resolve())
+    return f"{prefix}:{body}" + (f"?{query}" if query else "")
+
+
 def open_dataset(ref: str, **kwargs) -> Dataset:
     """Open a dataset reference (see module docstring). Raises SourceError for user errors."""
     prefix, body, options = split_ref(ref)
+    ref = normalize_ref(ref)
     options.update(kwargs)
     if prefix == "synthetic":
         from .synthetic import open_synthetic

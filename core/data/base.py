@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from ..errors import UserError
+
 GALAXY10_CLASSES = [
     "Disturbed",
     "Merging",
@@ -24,9 +26,6 @@ GALAXY10_CLASSES = [
 GALAXY10_COUNTS = [1081, 1853, 2645, 2027, 334, 2043, 1829, 2628, 1423, 1873]
 
 GALAXY_MNIST_CLASSES = ["smooth_round", "smooth_cigar", "edge_on_disk", "unbarred_spiral"]
-
-
-from ..errors import UserError
 
 
 class SourceError(UserError, ValueError):

@@ -1,0 +1,289 @@
+"""Batched feature extraction -> one parquet per (dataset, checkpoint, pooling, split).
+
+The pipeline overlaps its three stages: a reader thread pulls uint8 batches from
+the Dataset (pinned when the GPU is used), the main thread moves them to the device,
+resizes/normalises there and runs the model (bf16 + SDPA on CUDA, fp32 on CPU),
+and a writer thread copies results back and appends parquet row groups. Memory
+stays bounded by the queue depths whatever the dataset size.
+
+Only torch, transformers, numpy, pandas and pyarrow are imported here, so the GPU
+path runs on a machine without datasets, h5py, Streamlit or umap.
+"""
+from __future__ import annotations
+
+import platform
+import queue
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+
+import numpy as np
+import pyarrow as pa
+
+from . import __version__
+from . import cache as store
+from .data import normalize_ref, open_dataset
+from .data.base import SourceError
+from .errors import UserError
+from .models import POOLINGS, describe, fingerprint_dir, load_checkpoint, resolve
+
+MODES = ("generic", "head", "full")
+_DONE = object()
+
+
+def _pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no GPU: use --device cpu or auto")
+    return device
+
+
+def plan(dataset, model_ref: str, pooling: str = "auto", split: str = "all", mode: str | None = None, cache=None):
+    """Everything that identifies a features file, without loading the model.
+
+    Returns (path, info) where info holds the fingerprints, resolved pooling and mode.
+    """
+    model_ref = normalize_ref(model_ref)
+    ckpt_path = resolve(model_ref, cache)
+    desc = describe(ckpt_path)
+    if pooling not in POOLINGS:
+        raise UserError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
+    pooling = desc["default_pooling"] if pooling == "auto" else pooling
+    mode = mode or desc["mode"] or ("full" if desc["has_head"] else "generic")
+    if mode not in MODES:
+        raise UserError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+    dataset.rows(split)  # validates the split name
+    info = dict(
+        dataset=dataset.source, dataset_fingerprint=dataset.fingerprint, model=model_ref,
+        model_fingerprint=fingerprint_dir(ckpt_path), family=desc["family"], mode=mode,
+        pooling=pooling, split=split,
+    )
+    key = store.key_of(info["dataset_fingerprint"], info["model_fingerprint"], pooling, split, mode)
+    return store.path_for(store.cache_dir(cache), "features", key), info
+
+
+def extract(dataset_ref, model_ref: str, mode: str | None = None, split: str = "all", pooling: str = "auto",
+            device: str = "auto", batch_size: int | None = None, cache=None, progress: bool = True,
+            compile: bool = False, log=print) -> tuple:
+    """Compute (or find cached) features. Returns (parquet path, provenance, was_cached).
+
+    ``dataset_ref`` is a reference string or an opened Dataset. A cache hit loads no
+    model; two identical requests at once compute once (file lock).
+    """
+    ds = open_dataset(dataset_ref) if isinstance(dataset_ref, str) else dataset_ref
+    path, info = plan(ds, model_ref, pooling, split, mode, cache)
+    model_ref = info["model"]
+    prov = cached(path)
+    if prov:
+        return path, prov, True
+    with store.compute_lock(path):
+        prov = cached(path)  # someone else may have finished while we waited
+        if prov:
+            return path, prov, True
+        if path.exists():
+            log(f"cached features {path.name} are damaged: recomputing")
+        prov = _compute(ds, model_ref, info, path, _pick_device(device), batch_size, cache, progress, compile, log)
+    return path, prov, False
+
+
+def cached(path) -> dict | None:
+    """Provenance of a complete, intact features file; None means compute it."""
+    prov = store.provenance(path)
+    if prov is None or prov.get("kind") != "features":
+        return None
+    return prov if store.read_table(path, columns=None) is not None else None
+
+
+def _schema(dim: int, n_classes: int, meta: pa.Schema) -> pa.Schema:
+    fields = [
+        pa.field("row", pa.int64()), pa.field("id", pa.string()), pa.field("split", pa.string()),
+        pa.field("label", pa.int64()), pa.field("embedding", pa.list_(pa.float32(), dim)),
+    ]
+    if n_classes:
+        fields += [pa.field("pred", pa.int64()), pa.field("confidence", pa.float32()),
+                   pa.field("probs", pa.list_(pa.float32(), n_classes))]
+    return pa.schema(fields + list(meta))
+
+
+def _meta_table(ds, rows) -> pa.Table:
+    if ds.metadata is None or ds.metadata.empty:
+        return pa.table({})
+    meta = ds.metadata.iloc[rows].reset_index(drop=True)
+    meta.columns = [f"meta_{c}" for c in meta.columns]
+    return pa.Table.from_pandas(meta, preserve_index=False)
+
+
+def _fixed_list(arr: np.ndarray) -> pa.Array:
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1])
+
+
+def _compute(ds, model_ref, info, path, device, batch_size, cache, progress, compile, log) -> dict:
+    import torch
+    from tqdm.auto import tqdm
+
+    t0 = time.time()
+    ck = load_checkpoint(model_ref, device=device, cache=cache)
+    if compile and device == "cuda":
+        ck.model = torch.compile(ck.model)
+    on_gpu = device == "cuda"
+    batch_size = batch_size or (256 if on_gpu else 64)
+    rows = ds.rows(info["split"])
+    if len(rows) == 0:
+        raise UserError(f"split {info['split']!r} of {ds.source} has no images")
+    n_classes = len(ck.id2label or {})
+
+    # Reader: uint8 batches from the source, pinned for async host->device copies.
+    ready: queue.Queue = queue.Queue(maxsize=4)
+    results: queue.Queue = queue.Queue(maxsize=4)
+    errors: list = []
+
+    def read():
+        try:
+            for chunk, images in ds.iter_batches(rows, batch_size):
+                t = torch.from_numpy(images)
+                ready.put((chunk, t.pin_memory() if on_gpu else t))
+        except BaseException as e:  # surfaced in the main thread
+            errors.append(e)
+        finally:
+            ready.put(_DONE)
+
+    first_meta = _meta_table(ds, rows[:1])
+    schema = _schema(ck.hidden_size, n_classes, first_meta.schema)
+    prov = dict(
+        kind="features", format=1, **info, rows=int(len(rows)), has_head=bool(n_classes),
+        class_names=list(ds.class_names), id2label={str(k): v for k, v in (ck.id2label or {}).items()},
+        size=ck.size_name, base_model=ck.provenance.get("base_model"), head=ck.provenance.get("head"),
+        dtype=str(ck.dtype).replace("torch.", ""), device=_device_name(device), batch_size=batch_size,
+        image_size=list(ck.input_size()), dataset_image_size=ds.image_size,
+        skipped=ds.skipped, versions=_versions(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    if ds.skipped:
+        log(f"skipped {len(ds.skipped)} unreadable file(s): " + ", ".join(
+            f"{s['file']} ({s['reason']})" for s in ds.skipped[:5]) + (" ..." if len(ds.skipped) > 5 else ""))
+
+    writer_state = {}
+
+    def write():
+        try:
+            w = None
+            while (item := results.get()) is not _DONE:
+                chunk, feats, logits = item
+                feats = feats.float().cpu().numpy()
+                if w is None:  # the embedding width is known for sure only after one batch
+                    s = schema.set(4, pa.field("embedding", pa.list_(pa.float32(), feats.shape[1])))
+                    prov["dim"] = int(feats.shape[1])
+                    w = store.AtomicParquetWriter(path, s, prov).__enter__()
+                    writer_state["w"] = w
+                cols = {
+                    "row": pa.array(chunk, pa.int64()), "id": pa.array(ds.ids[chunk].astype(str)),
+                    "split": pa.array(ds.splits[chunk].astype(str)), "label": pa.array(ds.labels[chunk], pa.int64()),
+                    "embedding": _fixed_list(feats),
+                }
+                if n_classes:
+                    probs = torch.softmax(logits.float(), -1).cpu().numpy()
+                    cols.update(pred=pa.array(probs.argmax(1), pa.int64()),
+                                confidence=pa.array(probs.max(1), pa.float32()), probs=_fixed_list(probs))
+                table = pa.table(cols)
+                for name, col in zip(first_meta.column_names, _meta_table(ds, chunk).columns):
+                    table = table.append_column(name, col)
+                w.write(table)
+        except BaseException as e:
+            errors.append(e)
+            while results.get() is not _DONE:  # drain so the producer never blocks
+                pass
+
+    reader = threading.Thread(target=read, daemon=True, name="reader")
+    writer = threading.Thread(target=write, daemon=True, name="writer")
+    reader.start()
+    writer.start()
+    bar = tqdm(total=len(rows), unit="img", desc=f"extract {ck.family}-{ck.size_name} on {device}",
+               disable=not progress, file=sys.stderr, smoothing=0.1)
+    try:
+        with torch.inference_mode():
+            while not errors and (item := ready.get()) is not _DONE:
+                chunk, images = item
+                x = images.to(device, non_blocking=True)
+                feats, logits = ck.forward(ck.preprocess(x), info["pooling"])
+                results.put((chunk, feats, logits))
+                bar.update(len(chunk))
+    except BaseException as e:  # includes KeyboardInterrupt: the temp file must go
+        errors.append(e)
+    finally:
+        bar.close()
+        results.put(_DONE)
+        writer.join()
+        while reader.is_alive():  # unblock a reader stuck on a full queue
+            try:
+                ready.get(timeout=0.1)
+            except queue.Empty:
+                pass
+    w = writer_state.get("w")
+    if errors:
+        if w:
+            w.__exit__(type(errors[0]), errors[0], None)
+        raise errors[0]
+    prov["seconds"] = round(time.time() - t0, 3)
+    prov["images_per_s"] = round(len(rows) / prov["seconds"], 1)
+    w.__exit__(None, None, None)  # writes the provenance, renames into place
+    log(f"{len(rows)} images -> {path} ({prov['seconds']:.1f} s, {len(rows) / prov['seconds']:.0f} img/s)")
+    return store.provenance(path)
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        import torch
+
+        return f"cuda ({torch.cuda.get_device_name()})"
+    return f"cpu ({platform.processor() or platform.machine()})"
+
+
+def _versions() -> dict:
+    import torch
+    import transformers
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "numpy": np.__version__, "pyarrow": pa.__version__, "core": __version__}
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "extract", help="compute features (and predictions) of a checkpoint over a dataset",
+        description="Compute features of MODEL over DATASET and cache them as parquet. "
+        "An identical request is a cache hit that loads no model.",
+        epilog="examples:\n  python -m core extract --dataset folder:../shared/data/galaxyzoo-decals-examples "
+        "--model demo:full\n  python -m core extract --dataset hf:matthieulel/galaxy10_decals "
+        "--model hf:facebook/dinov2-base --split test",
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--dataset", required=True, help="synthetic:galaxy10 | h5:PATH | hf:OWNER/NAME | hf:DIR | folder:DIR")
+    p.add_argument("--model", required=True, help="hf:MODEL_ID | dir:PATH | demo:NAME")
+    p.add_argument("--mode", choices=MODES, help="what the checkpoint is: generic (pretrained), head (head-only "
+                   "finetune) or full (full finetune); default: what finetune recorded, else generic/full by head")
+    p.add_argument("--split", default="all", choices=("all", "train", "test"))
+    p.add_argument("--pooling", default="auto", choices=POOLINGS,
+                   help="cls: CLS token (the paper); mean: mean of patch tokens; pooler: pooler_output "
+                   "(SwinV2 has no CLS token); auto: cls where there is one")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    p.add_argument("--batch-size", type=int, help="default 256 on GPU, 64 on CPU")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; pays off on large sets)")
+    p.add_argument("--cache", help="cache folder (default: $EXPLORER_CACHE or ./cache)")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    if args.batch_size is not None and args.batch_size < 1:
+        raise UserError("--batch-size must be a positive integer")
+    path, prov, hit = extract(args.dataset, args.model, mode=args.mode, split=args.split, pooling=args.pooling,
+                              device=args.device, batch_size=args.batch_size, cache=args.cache,
+                              compile=args.compile)
+    if hit:
+        print(f"cache hit: {path} ({prov['rows']} rows x {prov['dim']})")
+    return 0
+
+
+__all__ = ["extract", "plan", "cached", "SourceError"]
