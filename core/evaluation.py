@@ -145,7 +145,7 @@ def delta_f1_table(evaluations) -> pd.DataFrame:
             {
                 "dataset": full.get("dataset"),
                 "family": full.get("family") or head.get("family"),
-                "size": model_size(base),
+                "size": model_size(base) or full.get("size"),
                 "base_model": base,
                 "f1_full": float(full["macro_f1"]),
                 "f1_head": float(head["macro_f1"]),
@@ -284,7 +284,7 @@ def evaluate_run(run: dict, table: pd.DataFrame, top_k: int = 20) -> dict:
         "model_fingerprint": run.get("model_fingerprint"),
         "base_model": base_model_of(run),
         "family": run.get("family"),
-        "size": model_size(base_model_of(run)),
+        "size": model_size(base_model_of(run)) or run.get("size"),
         "mode": run.get("mode"),
         "head": run.get("head"),
         "pooling": run.get("pooling"),
