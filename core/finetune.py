@@ -447,7 +447,7 @@ def add_parser(sub):
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--no-augment", action="store_true", help="no flips/rotations")
-    p.add_argument("--out", help="checkpoint folder (default <cache>/checkpoints/<model>-<mode>-<head>)")
+    p.add_argument("--out", help="checkpoint folder (default <cache>/checkpoints/<model>-<dataset>-<mode>-<head>)")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     p.add_argument("--cache", help="cache folder (default: $EXPLORER_CACHE or ./cache)")
     p.set_defaults(func=_run)
@@ -458,9 +458,12 @@ def _run(args) -> int:
     from .data import open_dataset
 
     out = args.out
-    if out is None:
-        name = args.model.split(":", 1)[1].rstrip("/").split("/")[-1]
-        out = store.cache_dir(args.cache) / "checkpoints" / f"{name}-{args.mode}-{args.head}"
+    if out is None:  # e.g. checkpoints/dinov2-base-galaxy10_decals-full-linear
+        def slug(ref):
+            return ref.split(":", 1)[-1].split("?")[0].rstrip("/").split("/")[-1]
+
+        name = f"{slug(args.model)}-{slug(args.dataset)}-{args.mode}-{args.head}"
+        out = store.cache_dir(args.cache) / "checkpoints" / name
     ds = open_dataset(args.dataset)
     finetune(ds, args.model, args.mode, head=args.head, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
              out=out, device=args.device, seed=args.seed, warmup=args.warmup, schedule=args.schedule,

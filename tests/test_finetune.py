@@ -171,22 +171,38 @@ def test_dihedral_and_schedule():
     assert lrs[-1] == pytest.approx(0.0111, abs=1e-3)
 
 
-def test_finetune_verb(tmp_path, ckpts, capsys):
+def _folder(root, n=24):
     from PIL import Image
 
-    images, labels = shapes(24, 32, seed=1)
+    images, labels = shapes(n, 32, seed=1)
     rows = []
     for i, (img, lab) in enumerate(zip(images, labels)):
-        Image.fromarray(img).save(tmp_path / f"g{i}.png")
+        Image.fromarray(img).save(root / f"g{i}.png")
         rows.append(f"g{i}.png,{lab},{['disc', 'bar'][lab]},{'test' if i % 4 == 0 else 'train'}")
-    (tmp_path / "labels.csv").write_text("file,label,class_name,split\n" + "\n".join(rows) + "\n")
-    args = ["finetune", "--dataset", f"folder:{tmp_path}?image_size=32", "--model", f"dir:{ckpts['vit']}",
-            "--mode", "head", "--epochs", "2", "--cache", str(tmp_path / "cache")]
-    assert main(args) == 0
-    out = tmp_path / "cache" / "checkpoints" / "vit-head-linear"
-    assert (out / "training_log.json").is_file()
+    (root / "labels.csv").write_text("file,label,class_name,split\n" + "\n".join(rows) + "\n")
+    return f"folder:{root}?image_size=32"
+
+
+def test_finetune_extract_evaluate(tmp_path, ckpts, capsys):
+    """The CLI chain a user runs: finetune head-only and full, extract, evaluate -> ΔF1 row."""
+    src = _folder(tmp_path)
+    cache = str(tmp_path / "cache")
+    for mode in ("head", "full"):
+        assert main(["finetune", "--dataset", src, "--model", f"dir:{ckpts['vit']}", "--mode", mode,
+                     "--epochs", "2", "--lr", "1e-3", "--device", "cpu", "--cache", cache]) == 0
+        out = tmp_path / "cache" / "checkpoints" / f"vit-{tmp_path.name}-{mode}-linear"
+        assert (out / "training_log.json").is_file()
+        assert main(["extract", "--dataset", src, "--model", f"dir:{out}", "--device", "cpu", "--cache", cache]) == 0
     assert "val macro F1" in capsys.readouterr().out
-    assert main(args[:-2] + ["--out", str(tmp_path)]) == 2  # a folder that is not a checkpoint
+    assert main(["evaluate", "--cache", cache]) == 0
+    summary = json.loads((tmp_path / "cache" / "evaluations" / "summary.json").read_text())
+    (row,) = summary["delta_f1"]
+    assert row["base_model"] == f"dir:{ckpts['vit'].resolve()}" and row["family"] == "vit"
+    assert sorted(r["mode"] for r in summary["runs"]) == ["full", "head"]
+    assert all(r["split"] == "test" and r["rows"] == 6 for r in summary["runs"])
+    # --out that is neither empty nor a checkpoint is refused before any training
+    assert main(["finetune", "--dataset", src, "--model", f"dir:{ckpts['vit']}", "--mode", "head",
+                 "--out", str(tmp_path)]) == 2
     assert "not a checkpoint folder" in capsys.readouterr().err
 
 
