@@ -1,7 +1,7 @@
 """Time finetuning of the demo-sized DINOv2 (0.83M params: 64 px, patch 8, hidden 128,
 4 layers) on N procedurally drawn 64-px images (disc vs bar, see tests/test_finetune.py).
 
-    PYTHONPATH=.:tests python bench/finetune_speed.py [--device cuda] [--epochs 10] [--n 3000]
+    PYTHONPATH=. python bench/finetune_speed.py [--device cuda] [--epochs 10] [--n 3000]
 
 Prints seconds per mode and the validation macro F1; image content does not
 change the timing, so the quick two-class generator stands in for galaxies.
@@ -29,7 +29,7 @@ def main():
     import transformers as tf
 
     import core.finetune as ft
-    from test_finetune import Shapes
+    from tests.test_finetune import Shapes
 
     ds = Shapes.make(a.n, 64)
     root = Path(tempfile.mkdtemp())

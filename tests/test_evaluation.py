@@ -16,7 +16,7 @@ from core.evaluation import (
     scores_from_confusion,
     top_mistakes,
 )
-from evaluation_fixtures import features_table, write_features
+from tests.evaluation_fixtures import features_table, write_features
 
 # PAPER.md: confusion matrix of the finetuned DINOv2-base on the Galaxy10 DECaLS test split
 PAPER_CM = np.array([

@@ -5,14 +5,13 @@ import pytest
 import torch
 
 import core.finetune as ft
-from checkpoint_fixtures import make_checkpoint
+from tests.checkpoint_fixtures import make_checkpoint
 from core.__main__ import main
 from core.data.base import Dataset
 from core.evaluation import classification_report
 from core.heads import HEADS, MLPHead, build_head, head_spec
 from core.models import load_checkpoint
 
-torch.set_num_threads(2)
 QUIET = dict(progress=False, log=lambda *a: None, device="cpu")  # exact F1 checks need fp32
 
 
@@ -47,6 +46,15 @@ class Shapes(Dataset):
 
     def _load(self, rows):
         return self.images[rows]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy machine OpenMP threads thrash."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
