@@ -147,7 +147,7 @@ def _disturbed(p, rng):
         p.update(inclination_deg=rng.uniform(78, 90), axis_ratio=rng.uniform(0.12, 0.3))
     if variant == "faint":
         p["brightness"] *= rng.uniform(0.4, 0.7)
-    p.update(_tex=rng.uniform(0.3, 0.8), _angle=rng.uniform(0, 2 * np.pi))
+    p.update(_tex=rng.uniform(0.2, 0.5), _angle=rng.uniform(0, 2 * np.pi))
 
 
 DRAWERS = [
@@ -437,8 +437,8 @@ def _paint_disturbed(L, p, rng, cx, cy, pa, f):
             d.update(n_arms=1, pitch_angle_deg=rng.uniform(15, 40), _chir=rng.choice([-1.0, 1.0]),
                      _phase=p["_angle"], _arm_k=2.0, _floc=0.5, arm_strength=0.6)
         _disc(L, d, rng, cx, cy, pa, f)
-        if var == "clumpy":  # a patchy, irregular body
-            L["img"] *= np.clip(1 + np.float32(p["_tex"]) * L["tex"](6), 0.2, None)
+        if var == "clumpy":  # a patchy, irregular body (patches, not separate nuclei)
+            L["img"] *= np.clip(1 + np.float32(p["_tex"]) * L["tex"](6), 0.3, None)
     elif var == "plume":
         _spheroid(L, cx, cy, pa, f * 0.8, re, p["sersic_index"], p["axis_ratio"])
         _tail(L, rng, cx, cy, p["_angle"], rng.uniform(8, 18), rng.normal(0, 0.6), 2.0, f * ts, BAR)
