@@ -269,6 +269,30 @@ def test_tiny_run_gets_a_map_and_smaller_k(tmp_path):
     assert len(df) == 12 and prov["quality"]["k"] == 5 and prov["feature_quality"]["points"] == 12
 
 
+def test_two_identical_requests_compute_once(cache, monkeypatch):
+    import threading
+    import time
+
+    root, generic, _ = cache
+    calls = []
+    real_fit = proj.fit
+
+    def slow_fit(*a, **k):
+        calls.append(1)
+        time.sleep(0.5)  # long enough for the second request to arrive and wait on the lock
+        return real_fit(*a, **k)
+
+    monkeypatch.setattr(proj, "fit", slow_fit)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(mapstore.get_projection(generic, "pca", root, progress=False)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(results) == 2 and results[0][0].equals(results[1][0])
+
+
 def test_corrupt_cache_entry_is_recomputed(cache):
     root, generic, _ = cache
     _, prov = mapstore.get_projection(generic, "pca", root, progress=False)
@@ -300,8 +324,9 @@ def test_cli_project(cache, capsys):
     root, generic, fine = cache
     args = ["project", "--dataset", "synthetic:test", "--model", "demo:generic", "--method", "pca", "--cache", str(root)]
     assert main(args) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "PCA map of synthetic:test / demo:generic (300 points), computed" in out and "kNN preservation" in out
+    assert "reading features" in err and "scoring the map" in err and "wrote" in err  # stages of a long run
     assert main(args) == 0 and "cached" in capsys.readouterr().out
     assert main(["project", "--run", fine, "--method", "pca", "--align-to", generic, "--cache", str(root), "--json"]) == 0
     assert '"aligned_to": "' + generic in capsys.readouterr().out
