@@ -203,7 +203,8 @@ class RunData:
     class_names: list[str]
     has_predictions: bool
     no_predictions_reason: str
-    hover: np.ndarray  # object array of hover strings, aligned with frame
+    ids: np.ndarray  # (n,) fixed-width str: hover text (copies and serialises fast)
+    custom: np.ndarray  # (n, 2) float32 [dataset row, confidence or NaN]: the charts' customdata
     position: pd.Index  # dataset row -> frame position
 
     @property
@@ -254,20 +255,14 @@ def build_run_data(run: dict, table) -> RunData:
             df["correct"] = (pred == labels) & (labels >= 0)
     if not has_pred:
         df = df.drop(columns=[c for c in ("pred", "confidence") if c in df.columns])
-    hover = hover_texts(df, has_pred)
-    return RunData(run=run, frame=df, class_names=class_names, has_predictions=has_pred,
-                   no_predictions_reason=reason, hover=hover, position=pd.Index(df["row"].to_numpy(np.int64)))
-
-
-def hover_texts(df: pd.DataFrame, has_pred: bool) -> np.ndarray:
-    ids = df["id"].astype(str).tolist()
-    true = df["true"].tolist()
+    rows = df["row"].to_numpy(np.int64)
+    custom = np.full((len(df), 2), np.nan, np.float32)
+    custom[:, 0] = rows
     if has_pred:
-        pred, conf = df["predicted"].tolist(), df["confidence"].to_numpy().tolist()
-        out = [f"<b>{i}</b><br>true: {t}<br>predicted: {p} ({c:.2f})" for i, t, p, c in zip(ids, true, pred, conf)]
-    else:
-        out = [f"<b>{i}</b><br>true: {t}" for i, t in zip(ids, true)]
-    return np.array(out, dtype=object)
+        custom[:, 1] = df["confidence"].to_numpy(np.float32)
+    return RunData(run=run, frame=df, class_names=class_names, has_predictions=has_pred,
+                   no_predictions_reason=reason, ids=np.asarray(df["id"].astype(str).to_numpy(), dtype=str),
+                   custom=custom, position=pd.Index(rows))
 
 
 def read_run(run: dict) -> RunData:

@@ -1,6 +1,6 @@
 """The real thing: `streamlit run` on localhost and Debian's Chromium driven by
 Playwright. Load the page, see the map, click a confusion cell, see its gallery,
-select galaxies on the map. Screenshots go to test-artifacts/ (git-ignored)."""
+select galaxies on the map, hover a galaxy. Screenshots go to test-artifacts/ (git-ignored)."""
 from __future__ import annotations
 
 import os
@@ -78,6 +78,13 @@ CELL_XY = """([t, p]) => {
 }"""
 
 
+FIRST_POINT_XY = """() => {
+  const gd = document.querySelector('.js-plotly-plot'), L = gd._fullLayout, box = gd.getBoundingClientRect();
+  const t = gd._fullData.find(t => t.type === 'scattergl' && t._length > 0);
+  return [box.left + L._size.l + L.xaxis.l2p(t.x[0]), box.top + L._size.t + L.yaxis.l2p(t.y[0])];
+}"""
+
+
 def test_map_confusion_click_gallery_and_selection(server):
     from playwright.sync_api import sync_playwright
 
@@ -91,7 +98,13 @@ def test_map_confusion_click_gallery_and_selection(server):
             page.wait_for_selector(".js-plotly-plot .scatterlayer, .js-plotly-plot canvas", timeout=30000)
             page.get_by_text("t-SNE map quality").wait_for(timeout=10000)
             page.wait_for_timeout(800)
-            page.screenshot(path=str(ARTIFACTS / "01-map.png"))
+            x, y = page.evaluate(FIRST_POINT_XY)
+            page.mouse.move(x + 2, y + 2)
+            page.mouse.move(x, y)
+            page.wait_for_selector(".hoverlayer .hovertext", timeout=10000)
+            hover = page.locator(".hoverlayer .hovertext").first.text_content()
+            assert "gal" in hover and "true:" in hover and "predicted:" in hover, hover
+            page.screenshot(path=str(ARTIFACTS / "01-map-hover.png"))
             assert "Traceback" not in page.content()
 
             # Confusion: click the Unbarred Tight -> Unbarred Loose cell on the heatmap itself.

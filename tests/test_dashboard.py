@@ -54,6 +54,10 @@ def charts(at: AppTest) -> list[dict]:
     return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
 
 
+def legend(spec: dict) -> list[str]:
+    return [t["name"] for t in spec["data"] if t.get("showlegend") is not False]
+
+
 def dataset_ref(cache, label: str = "galaxies") -> str:
     from core.cache import list_runs
     from dashboard.data import Catalog
@@ -77,7 +81,7 @@ def test_first_load_shows_the_full_finetune_tsne_map(cache):
     (spec,) = charts(at)
     assert {t["type"] for t in spec["data"]} == {"scattergl"}
     assert all("bdata" in t["customdata"] and isinstance(t["marker"]["color"], str) for t in spec["data"])
-    assert spec["data"][0]["name"].startswith("Disturbed")
+    assert legend(spec)[0].startswith("Disturbed") and len(legend(spec)) == 10
     assert "full finetune" in texts(at) and "macro F1" in texts(at)
     assert {m.label for m in at.metric} >= {"knn preservation", "trustworthiness", "galaxies"}
     assert "Drag a box or a lasso" in texts(at)
@@ -112,16 +116,19 @@ def test_colour_by(cache, colour):
     ok(at.run())
     (spec,) = charts(at)
     if colour in ("confidence", "redshift", "pitch_angle"):
-        assert len(spec["data"]) == 1 and "bdata" in spec["data"][0]["marker"]["color"]
+        assert not legend(spec) and all("bdata" in t["marker"]["color"] for t in spec["data"])
+        assert sum(bool(t["marker"].get("showscale")) for t in spec["data"]) == 1
     elif colour == "correct / wrong":
-        assert [t["name"].split(" (")[0] for t in spec["data"]] == ["correct", "wrong"]
+        assert [name.split(" (")[0] for name in legend(spec)] == ["correct", "wrong"]
+    else:
+        assert len(legend(spec)) == 10
 
 
 def test_class_highlight_keeps_the_rest_in_grey(cache):
     at = run_app()
     at.multiselect(key="highlight").select("Disturbed")
     ok(at.run())
-    names = [t["name"] for t in charts(at)[0]["data"]]
+    names = legend(charts(at)[0])
     assert names[0].startswith("other classes") and names[1].startswith("Disturbed") and len(names) == 2
 
 
@@ -132,8 +139,7 @@ def test_map_selection_gallery_counts_csv_and_clear(cache):
     assert "Selected galaxies: 40" in texts(at)
     assert at.get("download_button") and len(at.get("image")) >= 1
     assert any(df.value["true"].sum() == 40 for df in at.dataframe)
-    names = [t["name"] for t in charts(at)[0]["data"]]
-    assert names[-1] == "selected (40)"
+    assert legend(charts(at)[0])[-1] == "selected (40)"
     at.button(key="map-clear").click()
     ok(at.run())
     assert "Selected galaxies" not in texts(at)

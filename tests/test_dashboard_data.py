@@ -74,10 +74,11 @@ def test_run_data_with_and_without_head(catalog):
     full = D.read_run(_run(catalog, "full"))
     assert full.has_predictions and {"pred", "predicted", "confidence", "correct"} <= set(full.frame.columns)
     assert full.meta_columns() == ["meta_redshift", "meta_pitch_angle"]
-    assert full.hover[0].startswith("<b>gal000000</b>") and "predicted:" in full.hover[0]
+    assert full.ids[0] == "gal000000" and full.ids.dtype.kind == "U"
+    assert full.custom.dtype == np.float32 and full.custom[3, 0] == 3 and 0 < full.custom[3, 1] <= 1
     generic = D.read_run(_run(catalog, "generic"))
     assert not generic.has_predictions and "no classification head" in generic.no_predictions_reason
-    assert "pred" not in generic.frame.columns and "predicted" not in generic.hover[0]
+    assert "pred" not in generic.frame.columns and np.isnan(generic.custom[:, 1]).all()
     assert generic.positions([5, 3, 10_000]).tolist() == [5, 3]
 
 
@@ -173,26 +174,39 @@ def _spec(fig):
     return json.loads(fig.to_json())
 
 
+def legend(fig) -> list[str]:
+    return [t.name for t in fig.data if t.showlegend is not False]
+
+
 def test_map_figure_is_typed_and_highlights_in_grey(catalog):
     data = D.read_run(_run(catalog, "full"))
     xy = D.MapXY(np.random.default_rng(0).normal(size=data.n).astype(np.float32),
                  np.random.default_rng(1).normal(size=data.n).astype(np.float32), {})
-    spec = _spec(F.map_figure(data, xy, "true class"))
+    fig = F.map_figure(data, xy, "true class")
+    spec = _spec(fig)
     assert all(t["type"] == "scattergl" for t in spec["data"])
     assert all(isinstance(t["marker"]["color"], str) for t in spec["data"])  # one colour per trace
     assert all("bdata" in t["x"] and "bdata" in t["customdata"] for t in spec["data"])  # binary arrays
-    assert sum(len(F.map_figure(data, xy).data[i].x) for i in range(len(spec["data"]))) == data.n
+    assert sum(len(t.x) for t in fig.data) == data.n
+    assert legend(fig)[0].startswith("Disturbed") and len(legend(fig)) == 10
+    # one trace per (true, predicted): hover names both classes without per-point strings
+    tight_as_loose = [t for t in fig.data if "true: Unbarred Tight Spiral<br>predicted: Unbarred Loose" in t.hovertemplate]
+    assert len(tight_as_loose) == 1
+    rows = tight_as_loose[0].customdata[:, 0].astype(int)
+    f = data.frame.set_index("row").loc[rows]
+    assert (f["true"] == "Unbarred Tight Spiral").all() and (f["predicted"] == "Unbarred Loose Spiral").all()
 
     fig = F.map_figure(data, xy, "true class", highlight=[0], marked={"cell": np.array([1, 2])})
-    names = [t.name for t in fig.data]
-    assert names[0].startswith("other classes") and fig.data[0].marker.color == F.GREY
-    assert names[1].startswith("Disturbed") and names[-1] == "cell (2)"
-    assert len(fig.data[0].x) + len(fig.data[1].x) == data.n
-    assert set(fig.data[-1].customdata.tolist()) == set(data.frame["row"].iloc[[1, 2]])
+    assert legend(fig)[0].startswith("other classes") and legend(fig)[1].startswith("Disturbed")
+    assert legend(fig)[-1] == "cell (2)" and len(legend(fig)) == 3
+    grey = [t for t in fig.data if t.legendgroup == "other"]
+    assert all(t.marker.color == F.GREY for t in grey)
+    assert sum(len(t.x) for t in fig.data[:-1]) == data.n
+    assert set(fig.data[-1].customdata[:, 0].astype(int)) == set(data.frame["row"].iloc[[1, 2]])
 
     numeric = F.map_figure(data, xy, "confidence")
-    assert len(numeric.data) == 1 and numeric.data[0].marker.colorscale is not None
-    assert numeric.data[0].marker.color.dtype == np.float32
+    assert legend(numeric) == [] and sum(bool(t.marker.showscale) for t in numeric.data) == 1
+    assert all(t.marker.color.dtype == np.float32 and t.marker.colorscale for t in numeric.data)
     for option in F.colour_options(data):
         F.map_figure(data, xy, option, highlight=[6, 7])
 
