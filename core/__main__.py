@@ -25,8 +25,7 @@ VERBS = {
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse's own usage errors -> exit 2, no traceback
-        self.print_usage(sys.stderr)
-        self.exit(2, f"error: {message}\n")
+        self.exit(2, f"error: {message}\nsee `{self.prog} --help`\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

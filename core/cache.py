@@ -172,7 +172,7 @@ def list_runs(cache=None) -> list[dict]:
             prov.update(kind=label, key=p.stem, path=str(p), bytes=p.stat().st_size)
             runs.append(prov)
     for p in sorted((cache / "evaluations").glob("*.json")):
-        if p.name.startswith("."):
+        if p.name.startswith(".") or p.name == "summary.json":  # summary: the ΔF1 table, not a run
             continue
         try:
             obj = json.loads(p.read_text())

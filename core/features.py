@@ -16,6 +16,9 @@ import queue
 import sys
 import threading
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from datetime import datetime, timezone
 
 import numpy as np
@@ -56,7 +59,8 @@ def plan(dataset, model_ref: str, pooling: str = "auto", split: str = "all", mod
     mode = mode or desc["mode"] or ("full" if desc["has_head"] else "generic")
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
-    dataset.rows(split)  # validates the split name
+    if len(dataset.rows(split)) == 0:  # also validates the split name
+        raise UserError(f"split {split!r} of {dataset.source} has no images")
     info = dict(
         dataset=dataset.source, dataset_fingerprint=dataset.fingerprint, model=model_ref,
         model_fingerprint=fingerprint_dir(ckpt_path), family=desc["family"], mode=mode,
@@ -68,7 +72,7 @@ def plan(dataset, model_ref: str, pooling: str = "auto", split: str = "all", mod
 
 def extract(dataset_ref, model_ref: str, mode: str | None = None, split: str = "all", pooling: str = "auto",
             device: str = "auto", batch_size: int | None = None, cache=None, progress: bool = True,
-            compile: bool = False, log=print) -> tuple:
+            compile: bool = False, workers: int | None = None, log=print) -> tuple:
     """Compute (or find cached) features. Returns (parquet path, provenance, was_cached).
 
     ``dataset_ref`` is a reference string or an opened Dataset. A cache hit loads no
@@ -86,7 +90,8 @@ def extract(dataset_ref, model_ref: str, mode: str | None = None, split: str = "
             return path, prov, True
         if path.exists():
             log(f"cached features {path.name} are damaged: recomputing")
-        prov = _compute(ds, model_ref, info, path, _pick_device(device), batch_size, cache, progress, compile, log)
+        prov = _compute(ds, model_ref, info, path, _pick_device(device), batch_size, cache, progress, compile, log,
+                        workers)
     return path, prov, False
 
 
@@ -122,19 +127,18 @@ def _fixed_list(arr: np.ndarray) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1])
 
 
-def _compute(ds, model_ref, info, path, device, batch_size, cache, progress, compile, log) -> dict:
+def _compute(ds, model_ref, info, path, device, batch_size, cache, progress, compile, log, workers=None) -> dict:
     import torch
     from tqdm.auto import tqdm
 
     t0 = time.time()
     ck = load_checkpoint(model_ref, device=device, cache=cache)
+    t_loaded = time.time()
     if compile and device == "cuda":
-        ck.model = torch.compile(ck.model)
+        ck.compile()
     on_gpu = device == "cuda"
     batch_size = batch_size or (256 if on_gpu else 64)
     rows = ds.rows(info["split"])
-    if len(rows) == 0:
-        raise UserError(f"split {info['split']!r} of {ds.source} has no images")
     n_classes = len(ck.id2label or {})
 
     # Reader: uint8 batches from the source, pinned for async host->device copies.
@@ -142,11 +146,25 @@ def _compute(ds, model_ref, info, path, device, batch_size, cache, progress, com
     results: queue.Queue = queue.Queue(maxsize=4)
     errors: list = []
 
+    workers = workers or (4 if on_gpu else 1)
+
+    def load(chunk):
+        t = torch.from_numpy(ds.batch(chunk))
+        return chunk, (t.pin_memory() if on_gpu else t)
+
     def read():
+        # Several loader threads (numpy gathers and image decoding release the GIL),
+        # results kept in order, at most `depth` batches in flight.
+        chunks = iter([rows[i : i + batch_size] for i in range(0, len(rows), batch_size)])
+        depth = max(2, workers * 2)
         try:
-            for chunk, images in ds.iter_batches(rows, batch_size):
-                t = torch.from_numpy(images)
-                ready.put((chunk, t.pin_memory() if on_gpu else t))
+            with ThreadPoolExecutor(workers, thread_name_prefix="loader") as pool:
+                pending = deque(pool.submit(load, c) for c in islice(chunks, depth))
+                while pending and not errors:
+                    ready.put(pending.popleft().result())
+                    nxt = next(chunks, None)
+                    if nxt is not None:
+                        pending.append(pool.submit(load, nxt))
         except BaseException as e:  # surfaced in the main thread
             errors.append(e)
         finally:
@@ -208,7 +226,12 @@ def _compute(ds, model_ref, info, path, device, batch_size, cache, progress, com
             while not errors and (item := ready.get()) is not _DONE:
                 chunk, images = item
                 x = images.to(device, non_blocking=True)
+                short = batch_size - len(chunk) if compile else 0
+                if short:  # a compiled graph is specialised to the batch shape: pad the last batch
+                    x = torch.cat([x, x[:1].expand(short, *x.shape[1:])])
                 feats, logits = ck.forward(ck.preprocess(x), info["pooling"])
+                if short:
+                    feats, logits = feats[: len(chunk)], None if logits is None else logits[: len(chunk)]
                 results.put((chunk, feats, logits))
                 bar.update(len(chunk))
     except BaseException as e:  # includes KeyboardInterrupt: the temp file must go
@@ -228,6 +251,7 @@ def _compute(ds, model_ref, info, path, device, batch_size, cache, progress, com
             w.__exit__(type(errors[0]), errors[0], None)
         raise errors[0]
     prov["seconds"] = round(time.time() - t0, 3)
+    prov["load_seconds"] = round(t_loaded - t0, 3)  # model load; the rest is the streaming pipeline
     prov["images_per_s"] = round(len(rows) / prov["seconds"], 1)
     w.__exit__(None, None, None)  # writes the provenance, renames into place
     log(f"{len(rows)} images -> {path} ({prov['seconds']:.1f} s, {len(rows) / prov['seconds']:.0f} img/s)")

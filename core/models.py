@@ -213,9 +213,18 @@ class Checkpoint:
             return pooled.flatten(1)
         raise SourceError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
 
+    def compile(self) -> "Checkpoint":
+        """torch.compile the model in place (pays off on large GPU runs)."""
+        if self.model is self.backbone:
+            self.model = self.backbone = torch.compile(self.backbone)
+        else:
+            self.model = torch.compile(self.model)
+            self._classifier = True
+        return self
+
     def forward(self, pixel_values: torch.Tensor, pooling: str = "auto"):
         """(features (b, d), logits (b, C) or None) from one pass through the model."""
-        if self.model is self.backbone:
+        if self.model is self.backbone and not getattr(self, "_classifier", False):
             out = self.backbone(pixel_values=pixel_values)
             feats = self.pool(out, pooling)
             logits = None

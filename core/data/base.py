@@ -96,6 +96,9 @@ class Dataset:
         """One image at native resolution, uint8 (h, w, 3), for thumbnails."""
         return self._load(np.asarray([i]))[0]
 
+    def close(self) -> None:
+        """Release open file handles (h5); the dataset reopens them when used again."""
+
     def _load(self, rows: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -46,6 +46,11 @@ class H5Dataset(Dataset):
             out = np.stack([resize_square(im, self.image_size) for im in out])
         return out
 
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
     def image(self, i: int) -> np.ndarray:
         return self._images()[int(i)]
 

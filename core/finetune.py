@@ -1,0 +1,471 @@
+"""Finetuning: head-only (frozen backbone) or full, with a linear or MLP head.
+
+Defaults follow the paper's model cards: Adam (AdamW, weight decay 0), linear
+schedule with 10% warm-up, seed 42, 30 epochs, lr 5e-5 for full finetuning
+(1e-4 for ViT) and 1e-3 for head-only, gradient clipping at 1.0 as in the HF
+Trainer. bf16 autocast on CUDA, fp32 on CPU. Galaxies have no preferred
+orientation, so augmentation draws one of the 8 flips/90° rotations per image.
+
+Head-only freezes the backbone, so its outputs are computed once (for up to 8
+orientations when augmenting) and the head trains on those cached features.
+
+What is saved (always through a staging folder renamed into place, so a
+killed run never leaves a checkpoint that loads):
+- ``--head linear`` on a model whose HF class has a ``classifier`` (DINOv2,
+  ViT, BEiT, SwinV2): a standard ``*ForImageClassification`` checkpoint that
+  plain transformers loads; its classifier sees whatever the HF class feeds
+  it (for DINOv2 concat(CLS, mean patch tokens), 2 x hidden).
+- MLP heads: the base model + ``explorer_head.safetensors`` on pooled
+  features (CLS, or the pooler where there is no CLS), see `core.heads`.
+- ``explorer.json``: provenance; ``training_log.json``: one entry per epoch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import UserError
+from .heads import HEADS, build_head, head_spec
+
+MODES = ("head", "full")
+SCHEDULES = ("linear", "onecycle")
+PRELOAD_BYTES = 4 << 30  # below this, read the uint8 images once and keep them in memory
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def dihedral(images: torch.Tensor, k: torch.Tensor | int) -> torch.Tensor:
+    """Apply one of the 8 rotations/flips to uint8 (b, H, W, 3) images: k % 4 quarter
+    turns, then a horizontal flip when k >= 4. ``k`` is an int or one per image."""
+    if isinstance(k, int):
+        out = torch.rot90(images, k % 4, dims=(1, 2))
+        return out.flip(2) if k >= 4 else out
+    out = images.clone()
+    for v in torch.unique(k).tolist():
+        sel = k == v
+        out[sel] = dihedral(images[sel], int(v))
+    return out
+
+
+def lr_schedule(optimizer, kind: str, lr: float, total_steps: int, warmup: float):
+    """Linear warm-up over ``warmup`` of the steps then linear decay to 0, or one-cycle."""
+    total_steps = max(1, total_steps)
+    if kind == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=total_steps,
+                                                   pct_start=max(warmup, 1e-3))
+    warm = int(math.ceil(warmup * total_steps))
+
+    def factor(step):
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total_steps - step) / max(1, total_steps - warm))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def _prefetch(items, depth: int = 3):
+    """Iterate ``items`` one step ahead in a thread, so reading images overlaps compute.
+    Stopping early (an error in the loop) stops the thread too."""
+    import queue
+    import threading
+
+    q, done, stop = queue.Queue(maxsize=depth), object(), threading.Event()
+
+    def put(x):
+        while not stop.is_set():
+            try:
+                return q.put(x, timeout=0.1)
+            except queue.Full:
+                pass
+
+    def work():
+        try:
+            for it in items:
+                if stop.is_set():
+                    return
+                put(it)
+            put(done)
+        except BaseException as e:  # handed to the consumer
+            put(e)
+
+    thread = threading.Thread(target=work, daemon=True, name="prefetch")
+    thread.start()
+    try:
+        while (it := q.get()) is not done:
+            if isinstance(it, BaseException):
+                raise it
+            yield it
+    finally:
+        stop.set()
+        thread.join()
+
+
+def macro_f1(labels, preds, n_classes: int) -> float:
+    from .evaluation import classification_report
+
+    return classification_report(labels, preds, [str(i) for i in range(n_classes)])["macro_f1"]
+
+
+class _Images:
+    """uint8 training images by row: in memory when small, else read per batch."""
+
+    def __init__(self, dataset, rows):
+        self.dataset, self.rows = dataset, np.asarray(rows)
+        size = dataset.image_size
+        self.memory = None
+        if len(rows) * size * size * 3 <= PRELOAD_BYTES:
+            self.memory = torch.from_numpy(dataset.batch(self.rows))
+
+    def get(self, positions: np.ndarray) -> torch.Tensor:
+        """Images at ``positions`` (indices into ``rows``)."""
+        if self.memory is not None:
+            return self.memory[torch.from_numpy(positions)]
+        order = np.argsort(self.rows[positions])  # sources read sorted rows faster
+        out = np.empty((len(positions), *self.dataset.batch(self.rows[positions[:1]]).shape[1:]), np.uint8)
+        out[order] = self.dataset.batch(self.rows[positions][order])
+        return torch.from_numpy(out)
+
+
+# ---------------------------------------------------------------- model set-up
+
+
+def _names(id2label) -> list[str]:
+    return [str(v).lower() for _, v in sorted((int(k), v) for k, v in (id2label or {}).items())]
+
+
+def _std_classifier(ck, labels: dict) -> nn.Linear | None:
+    """The HF classifier of ``ck.model`` sized for ``labels`` (a fresh one when the
+    checkpoint predicts other classes), or None when there is no such classifier."""
+    model = ck.model
+    clf = getattr(model, "classifier", None)
+    if model is ck.backbone or not isinstance(clf, nn.Linear):
+        return None
+    if clf.out_features != len(labels) or _names(ck.id2label) != _names(labels):
+        # another task's head (ImageNet, another galaxy set): same inputs, new classes
+        clf = nn.Linear(clf.in_features, len(labels)).to(device=clf.weight.device, dtype=clf.weight.dtype)
+        model.classifier = clf
+    model.config.num_labels = len(labels)
+    model.config.id2label = dict(labels)
+    model.config.label2id = {v: k for k, v in labels.items()}
+    ck.id2label = dict(labels)
+    return clf
+
+
+class _Net(nn.Module):
+    """images -> logits for training: the HF classifier path or backbone + pooled + head."""
+
+    def __init__(self, ck, head: nn.Module | None, pooling: str):
+        super().__init__()
+        self.ck, self.head, self.pooling = ck, head, pooling
+        self.body = ck.model if head is None else ck.backbone
+
+    def head_inputs(self, pixel_values):
+        """What the trained head sees (used for head-only feature caching)."""
+        if self.head is None:
+            got = {}
+            hook = self.ck.model.classifier.register_forward_pre_hook(lambda m, a: got.setdefault("x", a[0]))
+            try:
+                self.ck.model(pixel_values=pixel_values)
+            finally:
+                hook.remove()
+            return got["x"]
+        return self.ck.pool(self.ck.backbone(pixel_values=pixel_values), self.pooling)
+
+    def classify(self, feats):
+        return self.ck.model.classifier(feats) if self.head is None else self.head(feats)
+
+    def forward(self, pixel_values):
+        if self.head is None:
+            return self.ck.model(pixel_values=pixel_values).logits
+        return self.head(self.head_inputs(pixel_values))
+
+
+# ---------------------------------------------------------------- training
+
+
+def finetune(dataset, model_ref: str, mode: str, head: str = "linear", epochs: int | None = None,
+             lr: float | None = None, batch_size: int = 32, out=None, device: str = "auto", seed: int = 42,
+             warmup: float = 0.1, schedule: str = "linear", augment: bool = True, hidden: int | None = None,
+             weight_decay: float = 0.0, cache=None, progress: bool = True, log=print) -> Path:
+    """Finetune ``model_ref`` on ``dataset`` (a `core.data.base.Dataset`) and save it at ``out``.
+
+    Trains on the "train" rows, reports validation macro F1 on the "test" rows
+    each epoch (a stratified 10% of train when there is no test split).
+    ``mode``: "head" (frozen backbone) or "full". ``head``: linear | mlp1 | mlp2 | mlp3.
+    Returns the checkpoint folder, loadable with ``load_checkpoint("dir:<out>")``.
+    """
+    from tqdm.auto import tqdm
+
+    from .data import normalize_ref
+    from .data.base import stratified_split
+    from .models import load_checkpoint
+
+    if mode not in MODES:
+        raise UserError(f"unknown mode {mode!r}: use head (head-only) or full (all parameters)")
+    if head not in HEADS:
+        raise UserError(f"unknown head {head!r}: use one of {', '.join(HEADS)}")
+    if schedule not in SCHEDULES:
+        raise UserError(f"unknown schedule {schedule!r}: use linear or onecycle")
+    if out is None:
+        raise UserError("say where to save the finetuned checkpoint with --out DIR")
+    out = Path(out).expanduser().resolve()
+    if out.exists() and not (out / "config.json").is_file() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not a checkpoint folder: choose another --out")
+    epochs = 30 if epochs is None else int(epochs)
+    if epochs < 1 or batch_size < 1 or not 0 <= warmup < 1:
+        raise UserError("--epochs and --batch-size must be positive and --warmup in [0, 1)")
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but torch sees no GPU: use --device cpu or auto")
+    dev = torch.device(device)
+    infer_chunk = 256 if dev.type == "cuda" else 64
+
+    def autocast():  # bf16 on GPU; CPU stays fp32 (bf16 matmuls are slow on most CPUs)
+        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    t_start = time.time()
+
+    # rows: labelled train rows; validation on test rows, else a held-out tenth of train
+    labelled = dataset.labels >= 0
+    train = dataset.rows("train")[labelled[dataset.rows("train")]]
+    val = dataset.rows("test")[labelled[dataset.rows("test")]]
+    val_name = "test"
+    if len(val) == 0:
+        held = stratified_split(dataset.labels[train], 0.1, seed) == "test"
+        train, val, val_name = train[~held], train[held], "10% of train"
+    if len(train) == 0 or len(val) == 0:
+        raise UserError(f"{dataset.source} needs labelled train and test rows to finetune")
+    n_classes = len(dataset.class_names)
+    labels = {i: c for i, c in enumerate(dataset.class_names)}
+    y_train = torch.as_tensor(dataset.labels[train], dtype=torch.long)
+    y_val = np.asarray(dataset.labels[val])
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model_ref = normalize_ref(model_ref)
+    ck = load_checkpoint(model_ref, device=dev, num_labels=n_classes if head == "linear" else None,
+                         id2label=labels, cache=cache, dtype=torch.float32)
+    base_mode = ck.mode
+    if hasattr(ck.backbone, "explorer_head"):  # a previous MLP head: replaced, not saved twice
+        del ck.backbone.explorer_head
+    clf = _std_classifier(ck, labels) if head == "linear" else None
+    pooling = ck.default_pooling()
+    trained_head = None
+    if clf is None:  # MLP, or a linear head where the HF class has no classifier to reuse
+        with torch.no_grad():
+            probe = ck.preprocess(torch.from_numpy(dataset.batch(train[:1])).to(dev))
+            in_dim = ck.pool(ck.backbone(pixel_values=probe), pooling).shape[-1]
+        torch.manual_seed(seed)
+        trained_head = build_head(head, in_dim, n_classes, hidden=hidden).to(dev)
+    net = _Net(ck, trained_head, pooling)
+    if lr is None:
+        lr = 1e-3 if mode == "head" else (1e-4 if ck.family == "vit" else 5e-5)
+    ck.model.requires_grad_(mode == "full")
+    trainable = list((trained_head if trained_head is not None else clf).parameters())
+    for p in trainable:
+        p.requires_grad_(True)
+    if mode == "full":
+        trainable = list(net.body.parameters()) + (trainable if trained_head is not None else [])
+    optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+    scheduler = lr_schedule(optimizer, schedule, lr, epochs * steps_per_epoch, warmup)
+    n_params = sum(p.numel() for p in trainable)
+    log(f"finetune {mode} ({head} head) of {model_ref} [{ck.family}, {n_params / 1e6:.2f}M trainable] on "
+        f"{dataset.source}: {len(train)} train / {len(val)} validation ({val_name}), {epochs} epochs, "
+        f"lr {lr:g}, batch {batch_size}, {schedule} schedule, {device}")
+
+    def embed(images_u8, view: int = 0):
+        """Head inputs of uint8 images (frozen backbone, no grad)."""
+        x = dihedral(images_u8.to(dev), view) if view else images_u8.to(dev)
+        with torch.inference_mode(), autocast():
+            return net.head_inputs(ck.preprocess(x)).float()
+
+    history = []
+    val_images = _Images(dataset, val)
+    if mode == "head":
+        # frozen backbone: compute its outputs once, for up to 8 orientations
+        n_views = min(8, epochs) if augment else 1
+        ck.model.eval()
+        chunk = infer_chunk
+        train_images = _Images(dataset, train)
+        bar = tqdm(total=len(train) * n_views + len(val), unit="img", desc="backbone features",
+                   disable=not progress, file=sys.stderr)
+        feats = []
+        for v in range(n_views):
+            parts = []
+            for s in range(0, len(train), chunk):
+                parts.append(embed(train_images.get(np.arange(s, min(s + chunk, len(train)))), v).cpu())
+                bar.update(len(parts[-1]))
+            feats.append(torch.cat(parts))
+        feats = torch.stack(feats)  # (views, n, d)
+        if feats.numel() * 4 < PRELOAD_BYTES // 2:
+            feats = feats.to(dev)
+        val_feats = torch.cat([embed(val_images.get(np.arange(s, min(s + chunk, len(val)))))
+                               for s in range(0, len(val), chunk)])
+        bar.update(len(val))
+        bar.close()
+        log(f"backbone features: {n_views} view(s) x {len(train)} + {len(val)} in {time.time() - t_start:.1f} s")
+        del train_images
+
+        head_module = trained_head if trained_head is not None else clf
+        for epoch in range(epochs):
+            t0 = time.time()
+            head_module.train()
+            order = rng.permutation(len(train))
+            views = rng.integers(0, n_views, len(train))
+            total, seen = 0.0, 0
+            for s in tqdm(range(0, len(train), batch_size), desc=f"epoch {epoch + 1}/{epochs}",
+                          disable=not progress, file=sys.stderr, leave=False):
+                idx = order[s : s + batch_size]
+                x = feats[torch.from_numpy(views[idx]).to(feats.device), torch.from_numpy(idx).to(feats.device)]
+                loss = nn.functional.cross_entropy(head_module(x.to(dev)), y_train[idx].to(dev))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                optimizer.step()
+                scheduler.step()
+                total, seen = total + loss.item() * len(idx), seen + len(idx)
+            head_module.eval()
+            with torch.no_grad():
+                preds = net.classify(val_feats.to(dev)).argmax(-1).cpu().numpy()
+            history.append(_epoch_entry(epoch, total / seen, macro_f1(y_val, preds, n_classes), t0, optimizer))
+            log(_epoch_line(history[-1], epochs))
+    else:
+        train_images = _Images(dataset, train)
+        for epoch in range(epochs):
+            t0 = time.time()
+            net.train()
+            order = rng.permutation(len(train))
+            total, seen = 0.0, 0
+            chunks = (order[i : i + batch_size] for i in range(0, len(order), batch_size))
+            pin = dev.type == "cuda"
+            batches = ((idx, train_images.get(idx).pin_memory() if pin else train_images.get(idx)) for idx in chunks)
+            bar = tqdm(_prefetch(batches), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
+                       disable=not progress, file=sys.stderr, leave=False)
+            for idx, x in bar:
+                x = x.to(dev, non_blocking=True)
+                if augment:
+                    x = dihedral(x, torch.from_numpy(rng.integers(0, 8, len(idx))).to(dev))
+                with autocast():
+                    logits = net(ck.preprocess(x))
+                loss = nn.functional.cross_entropy(logits.float(), y_train[idx].to(dev))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+                optimizer.step()
+                scheduler.step()
+                total, seen = total + loss.item() * len(idx), seen + len(idx)
+                bar.set_postfix(loss=f"{total / seen:.3f}")
+            net.eval()
+            preds = []
+            with torch.inference_mode(), autocast():
+                for s in range(0, len(val), infer_chunk):
+                    x = val_images.get(np.arange(s, min(s + infer_chunk, len(val))))
+                    preds.append(net(ck.preprocess(x.to(dev))).argmax(-1).cpu())
+            f1 = macro_f1(y_val, torch.cat(preds).numpy(), n_classes)
+            history.append(_epoch_entry(epoch, total / seen, f1, t0, optimizer))
+            log(_epoch_line(history[-1], epochs))
+
+    provenance = {
+        "kind": "checkpoint", "mode": mode, "head": head, "base_model": model_ref, "base_mode": base_mode,
+        "base_fingerprint": ck.fingerprint, "family": ck.family, "dataset": dataset.source,
+        "dataset_fingerprint": dataset.fingerprint, "class_names": list(dataset.class_names),
+        "epochs": epochs, "lr": lr, "batch_size": batch_size, "schedule": schedule, "warmup": warmup,
+        "weight_decay": weight_decay, "seed": seed, "augment": augment, "pooling": pooling if trained_head is not None else None,
+        "train_rows": int(len(train)), "validation": val_name, "validation_rows": int(len(val)),
+        "val_macro_f1": history[-1]["val_macro_f1"], "device": device,
+        "dtype": "bfloat16 autocast" if dev.type == "cuda" else "float32",
+        "seconds": round(time.time() - t_start, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    if trained_head is not None:
+        ck = dataclasses.replace(ck, model=ck.backbone, head=trained_head.eval(),
+                                 head_spec=head_spec(trained_head, pooling), id2label=dict(labels))
+    _save(ck, out, provenance, history)
+    log(f"saved {out} (validation macro F1 {history[-1]['val_macro_f1']:.3f}, "
+        f"{provenance['seconds']:.1f} s); load it with dir:{out}")
+    return out
+
+
+def _epoch_entry(epoch, loss, f1, t0, optimizer) -> dict:
+    return {"epoch": epoch + 1, "train_loss": round(float(loss), 5), "val_macro_f1": round(float(f1), 5),
+            "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - t0, 2)}
+
+
+def _epoch_line(e: dict, epochs: int) -> str:
+    return (f"epoch {e['epoch']:>3}/{epochs}  loss {e['train_loss']:.4f}  "
+            f"val macro F1 {e['val_macro_f1']:.3f}  {e['seconds']:.1f} s")
+
+
+def _save(ck, out: Path, provenance: dict, history: list) -> None:
+    """Checkpoint + training log in a staging folder, renamed over ``out`` in one step."""
+    staging = out.with_name(f".{out.name}.staging-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        ck.save(staging, provenance)
+        (staging / "training_log.json").write_text(json.dumps({**provenance, "history": history}, indent=1))
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+            os.replace(out, old)
+            os.replace(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "finetune", help="finetune a checkpoint on a dataset: head-only or full, linear or MLP head",
+        description="Finetune MODEL on DATASET's train split (validation: its test split) and save a "
+        "save_pretrained checkpoint at --out, loadable as dir:OUT, with training_log.json beside it.",
+    )
+    p.add_argument("--dataset", required=True, help="synthetic:galaxy10 | h5:PATH | hf:OWNER/NAME | hf:DIR | folder:DIR")
+    p.add_argument("--model", required=True, help="hf:MODEL_ID | dir:PATH | demo:NAME")
+    p.add_argument("--mode", required=True, choices=MODES, help="head: frozen backbone; full: all parameters")
+    p.add_argument("--head", default="linear", choices=HEADS, help="classification head (default linear)")
+    p.add_argument("--hidden", type=int, help="MLP hidden width (default: the feature width)")
+    p.add_argument("--epochs", type=int, help="default 30 (the paper)")
+    p.add_argument("--lr", type=float, help="default 5e-5 full (1e-4 ViT), 1e-3 head-only")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--schedule", default="linear", choices=SCHEDULES, help="linear warm-up/decay or one-cycle")
+    p.add_argument("--warmup", type=float, default=0.1, help="warm-up fraction of the steps (default 0.1)")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--no-augment", action="store_true", help="no flips/rotations")
+    p.add_argument("--out", help="checkpoint folder (default <cache>/checkpoints/<model>-<dataset>-<mode>-<head>)")
+    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    p.add_argument("--cache", help="cache folder (default: $EXPLORER_CACHE or ./cache)")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from . import cache as store
+    from .data import open_dataset
+
+    out = args.out
+    if out is None:  # e.g. checkpoints/dinov2-base-galaxy10_decals-full-linear
+        def slug(ref):
+            return ref.split(":", 1)[-1].split("?")[0].rstrip("/").split("/")[-1]
+
+        name = f"{slug(args.model)}-{slug(args.dataset)}-{args.mode}-{args.head}"
+        out = store.cache_dir(args.cache) / "checkpoints" / name
+    ds = open_dataset(args.dataset)
+    finetune(ds, args.model, args.mode, head=args.head, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+             out=out, device=args.device, seed=args.seed, warmup=args.warmup, schedule=args.schedule,
+             augment=not args.no_augment, hidden=args.hidden, weight_decay=args.weight_decay, cache=args.cache)
+    return 0
