@@ -101,8 +101,8 @@ class Catalog:
     def from_runs(cls, runs: list[dict]) -> "Catalog":
         cat = cls()
         for r in runs:
-            {"features": cat.features, "projection": cat.projections,
-             "evaluation": cat.evaluations}.get(r.get("kind"), []).append(r)
+            {"features": cat.features, "feature": cat.features, "projection": cat.projections,
+             "projections": cat.projections, "evaluation": cat.evaluations}.get(r.get("kind"), []).append(r)
         return cat
 
     def __bool__(self) -> bool:

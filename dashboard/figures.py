@@ -8,6 +8,7 @@ colour each, never per-point colour strings.
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 
 from .data import MapXY, RunData, class_colour
@@ -28,7 +29,7 @@ def colour_options(data: RunData) -> list[str]:
         opts += ["predicted class", "correct / wrong", "confidence"]
     for c in data.meta_columns():
         col = data.frame[c]
-        if np.issubdtype(col.dtype, np.number) or col.nunique() <= 20:
+        if pd.api.types.is_numeric_dtype(col) or col.nunique() <= 20:
             opts.append(c[len("meta_"):])
     return opts
 
@@ -45,7 +46,7 @@ def _categories(data: RunData, colour_by: str):
     if colour_by == "correct / wrong":
         return f["correct"].to_numpy().astype(np.int64), [(1, "correct", RIGHT), (0, "wrong", WRONG)]
     col = f.get("meta_" + colour_by)
-    if col is not None and not np.issubdtype(col.dtype, np.number):
+    if col is not None and not pd.api.types.is_numeric_dtype(col):
         values = col.astype(str).to_numpy()
         cats = sorted(set(values))
         lookup = {c: i for i, c in enumerate(cats)}

@@ -226,3 +226,13 @@ def test_thumbnails():
     png = thumbnail_png(np.zeros((300, 200, 3), np.uint8), 64)
     assert Image.open(io.BytesIO(png)).size == (64, 64)
     assert Image.open(io.BytesIO(placeholder_png())).size == (96, 96)
+
+
+def test_text_metadata_colours_as_categories():
+    table = pd.DataFrame({"row": [0, 1, 2], "id": ["a", "b", "c"], "split": ["test"] * 3, "label": [0, 1, 0],
+                          "meta_survey": pd.array(["north", "south", "north"], dtype="string"),
+                          "meta_file": ["a.png", "b.png", "c.png"]})
+    data = D.build_run_data({"class_names": ["A", "B"], "has_head": False}, table)
+    assert F.colour_options(data) == ["true class", "survey"]
+    xy = D.MapXY(np.zeros(3, np.float32), np.zeros(3, np.float32), {})
+    assert legend(F.map_figure(data, xy, "survey")) == ["north (2)", "south (1)"]

@@ -2,6 +2,7 @@
 select in one is ringed in the other; highlighted classes apply to both."""
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import partial
 
 import streamlit as st
@@ -40,7 +41,7 @@ def compare_view(ctx: Context) -> None:
             if xy is None:
                 st.info(f"No {method} map cached for `{run['key']}`.")
                 continue
-            sub = Context(**{**ctx.__dict__, "run": run, "data": data, "projection": projection, "xy": xy})
+            sub = replace(ctx, run=run, data=data, projection=projection, xy=xy)
             colour = ctx.colour_by if ctx.colour_by in colour_options(data) else "true class"
             fig = map_figure(data, xy, colour, ctx.highlight, marked_positions(sub), height=500,
                              show_legend=run is tuned)

@@ -58,7 +58,9 @@ def neighbours_view(ctx: Context) -> None:
             same = int((labels[idx] == labels[pos[0]]).sum())
             st.markdown(f"**{ctx.label(run)}** · `{run.get('model')}`")
             st.caption(f"{same} of {len(idx)} neighbours share its class ({data.frame['true'].iloc[pos[0]]}); "
-                       f"{metric} distance {dist.min():.3f}–{dist.max():.3f}.")
+                       f"{metric} distance {dist.min():.3g}–{dist.max():.3g}.")
+            if D.is_random_stand_in(run):
+                st.caption("ℹ️ This generic checkpoint is the offline demo's random-init stand-in.")
             if D.run_mode(run) == "head":
                 st.caption("Head-only finetuning leaves the features unchanged, so these match the generic ones.")
             gallery(ctx, idx, key=f"nb-{run['key']}", data=data, columns=4, limit=k)
