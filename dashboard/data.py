@@ -436,16 +436,16 @@ def selection_csv(data: RunData, positions, xy: MapXY | None = None) -> bytes:
 
 # ---------------------------------------------------------------- neighbours
 
-def normalise_rows(X: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
-    return X / np.maximum(norms, 1e-12)
+def row_norms(X: np.ndarray) -> np.ndarray:
+    return np.maximum(np.linalg.norm(X, axis=1), 1e-12).astype(np.float32)
 
 
-def knn(X: np.ndarray, i: int, k: int = 8, metric: str = "cosine", Xn: np.ndarray | None = None):
+def knn(X: np.ndarray, i: int, k: int = 8, metric: str = "cosine", norms: np.ndarray | None = None):
     """The k nearest rows of X (n, d) to row i, itself excluded: (positions, distances).
 
-    cosine distance is 1 - cosine similarity; pass ``Xn`` (rows normalised) to skip
-    renormalising on every call.
+    cosine distance is 1 - cosine similarity; pass ``norms`` (row_norms(X)) to skip
+    recomputing them on every call. No normalised copy of X is made: at 200,000 x 768
+    that copy alone would be 600 MB.
     """
     if metric not in ("cosine", "euclidean"):
         raise ValueError(f"metric must be cosine or euclidean, not {metric!r}")
@@ -454,8 +454,8 @@ def knn(X: np.ndarray, i: int, k: int = 8, metric: str = "cosine", Xn: np.ndarra
     if k == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
     if metric == "cosine":
-        Xn = normalise_rows(X) if Xn is None else Xn
-        d = 1.0 - Xn @ Xn[i]
+        norms = row_norms(X) if norms is None else norms
+        d = 1.0 - (X @ X[i]) / (norms * norms[i])
     else:
         diff = X - X[i]
         d = np.sqrt(np.einsum("ij,ij->i", diff, diff))

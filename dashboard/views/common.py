@@ -69,11 +69,11 @@ def map_xy(run: dict, projection: dict | None) -> D.MapXY | None:
 @st.cache_resource(show_spinner="Reading embeddings…", max_entries=4)
 def _embeddings(path: str, mtime: int) -> tuple[np.ndarray, np.ndarray]:
     X = D.read_embeddings(path)
-    return X, D.normalise_rows(X)
+    return X, D.row_norms(X)
 
 
 def embeddings(run: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(X, X with unit rows) of a features run, in the order of its RunData frame."""
+    """(X, row norms of X) of a features run, in the order of its RunData frame."""
     return _embeddings(run["path"], _mtime(run["path"]))
 
 

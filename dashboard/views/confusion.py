@@ -77,7 +77,6 @@ def confusion_view(ctx: Context) -> None:
         a, b = st.columns(2)
         a.selectbox("True class", [NO_CELL, *names], key="cell_true", bind="query-params")
         b.selectbox("Predicted class", [NO_CELL, *names], key="cell_pred", bind="query-params")
-        cell = chosen_cell(ctx)
     cell_pos = D.cell_positions(frame, *cell, mask) if cell else np.zeros(0, np.int64)
     with right:
         if ctx.xy is not None:

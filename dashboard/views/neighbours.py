@@ -52,8 +52,8 @@ def neighbours_view(ctx: Context) -> None:
             if not len(pos):
                 st.info(f"This galaxy is not in run `{run['key']}`.")
                 continue
-            X, Xn = embeddings(run)
-            idx, dist = D.knn(X, int(pos[0]), k, metric, Xn=Xn)
+            X, norms = embeddings(run)
+            idx, dist = D.knn(X, int(pos[0]), k, metric, norms=norms)
             labels = data.frame["label"].to_numpy()
             same = int((labels[idx] == labels[pos[0]]).sum())
             st.markdown(f"**{ctx.label(run)}** · `{run.get('model')}`")
