@@ -1,0 +1,150 @@
+"""How fast the dashboard reruns, at the paper's 17,736 galaxies and at 200,000.
+
+    python bench/dashboard.py                 # both sizes, AppTest + Chromium
+    python bench/dashboard.py --sizes 17736 --no-browser
+
+Server side: Streamlit's AppTest runs the real script; each interaction is timed
+once cold (first time: may read a file) and then warm (median of repeats: what a
+user feels when switching between cached runs). Browser: `streamlit run` on
+localhost and Debian's Chromium; time from navigation until the map's WebGL
+canvas is drawn, and until it is redrawn after a mode switch.
+Goal: each warm rerun <= 0.2 s at 17,736 points and <= 1 s at 200,000.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+APP = str(REPO / "dashboard" / "app.py")
+GOAL = {17736: 0.2, 200000: 1.0}
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def check(at):
+    if at.exception or at.error:
+        raise RuntimeError(f"app failed: {[e.value for e in at.exception] + [e.value for e in at.error]}")
+    return at
+
+
+def server_side(cache: Path, repeats: int = 5) -> dict[str, tuple[float, float]]:
+    """{action: (first, warm median)} seconds per rerun."""
+    import streamlit as st
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["EXPLORER_CACHE"] = str(cache)
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    results = {}
+
+    at = AppTest.from_file(APP, default_timeout=300)
+    first = timed(lambda: check(at.run()))
+    warm = [timed(lambda: check(AppTest.from_file(APP, default_timeout=300).run())) for _ in range(repeats)]
+    results["first load (new session)"] = (first, statistics.median(warm))
+
+    def toggle(name, set_a, set_b, at=at):
+        times = []
+        for i in range(2 * repeats + 2):  # even: ends where it started
+            (set_a if i % 2 == 0 else set_b)(at)
+            times.append(timed(lambda: check(at.run())))
+        results[name] = (times[0], statistics.median(times[1:]))
+
+    toggle("mode switch (full <-> head)", lambda a: a.radio(key="mode").set_value("head"),
+           lambda a: a.radio(key="mode").set_value("full"))
+    toggle("projection switch (t-SNE <-> PCA)", lambda a: a.radio(key="projection").set_value("pca"),
+           lambda a: a.radio(key="projection").set_value("tsne"))
+    toggle("class highlight (Disturbed on/off)", lambda a: a.multiselect(key="highlight").set_value(["Disturbed"]),
+           lambda a: a.multiselect(key="highlight").set_value([]))
+    at.session_state["view"] = "Confusion"
+    check(at.run())
+
+    def cell(t, p):
+        def go(a):
+            a.selectbox(key="cell_true").set_value(t)
+            a.selectbox(key="cell_pred").set_value(p)
+        return go
+
+    toggle("confusion cell (Tight->Loose <-> Loose->Tight)", cell("Unbarred Tight Spiral", "Unbarred Loose Spiral"),
+           cell("Unbarred Loose Spiral", "Unbarred Tight Spiral"))
+    return results
+
+
+def browser(cache: Path) -> dict[str, float]:
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, start_server
+
+    if not Path(CHROMIUM).exists():
+        return {}
+    log = Path(tempfile.mkdtemp()) / "server.log"
+    proc, url = start_server(cache, log)
+    drawn = """(n) => { const gds = [...document.querySelectorAll('.js-plotly-plot')];
+        return gds.some(gd => gd._fullData && gd._fullData.some(t => t.type === 'scattergl')
+            && gd.querySelector('canvas') && gd._fullData.reduce((s, t) => s + (t._length || 0), 0) >= n); }"""
+    out = {}
+    try:
+        with sync_playwright() as pw:
+            b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            for attempt in ("first visit", "second visit (server caches warm)"):
+                page = b.new_page(viewport={"width": 1500, "height": 1000})
+                t = time.perf_counter()
+                page.goto(url)
+                page.get_by_text("Galaxy embedding explorer").first.wait_for(timeout=120000)
+                out[f"page shell shown, {attempt}"] = time.perf_counter() - t
+                page.wait_for_function(drawn, arg=1, timeout=120000, polling=20)
+                out[f"map drawn, {attempt}"] = time.perf_counter() - t
+                if attempt.startswith("second"):
+                    t = time.perf_counter()
+                    page.get_by_role("radiogroup", name="Mode").get_by_text("head", exact=True).click()
+                    page.get_by_text("head-only finetune (").wait_for(timeout=60000)
+                    page.wait_for_function(drawn, arg=1, timeout=60000, polling=20)
+                    out["mode switch -> map redrawn"] = time.perf_counter() - t
+                page.close()
+            b.close()
+    finally:
+        proc.terminate()
+        proc.wait()
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[17736, 200000])
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-browser", action="store_true")
+    args = ap.parse_args()
+    import logging
+
+    logging.getLogger("streamlit").setLevel(logging.ERROR)
+    logging.getLogger("dashboard").setLevel(logging.ERROR)  # "no thumbnails": expected here
+    from tests.dashboard_fixtures import build_cache
+
+    for n in args.sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            cache = build_cache(tmp, n=n, images=False, dim=64, second_dataset=False)
+            print(f"\n== {n:,} galaxies (synthetic features, 64-d; fixture written in {time.perf_counter() - t:.1f} s)")
+            goal = GOAL.get(n)
+            print(f"{'server-side rerun (AppTest)':48s} {'first':>8s} {'warm':>8s}")
+            for name, (first, warm) in server_side(Path(cache), args.repeats).items():
+                flag = "" if goal is None else ("  ok" if warm <= goal else f"  > goal {goal} s")
+                print(f"  {name:46s} {first:7.3f}s {warm:7.3f}s{flag}")
+            if not args.no_browser:
+                for name, secs in browser(Path(cache)).items():
+                    print(f"  chromium: {name:52s} {secs:6.2f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

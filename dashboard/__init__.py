@@ -1,0 +1,1 @@
+"""The Streamlit app: reads what `core` cached and shows it."""

@@ -1,0 +1,1 @@
+"""One module per view, plus the sidebar and what they share."""

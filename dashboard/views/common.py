@@ -1,0 +1,219 @@
+"""What every view shares: cached loaders, the current context, galleries and
+the small pieces of session state (selection, confusion cell, focus galaxy).
+
+Everything heavy is cached by file path and modification time, so switching
+between cached runs costs a dictionary lookup; a file rewritten by `core` is
+read again.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from core import cache as store
+
+from .. import data as D
+from ..thumbs import THUMB_PX, placeholder_png, thumbnail_png
+
+log = logging.getLogger("dashboard")
+NO_CELL = "—"
+
+
+# ---------------------------------------------------------------- cached loading
+
+def _mtime(path) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _list_runs(cache: str, signature: tuple) -> list[dict]:
+    return store.list_runs(cache)
+
+
+def load_catalog(cache: Path) -> D.Catalog:
+    """The catalog of cached runs; re-listed only when a cache folder changes."""
+    signature = tuple(_mtime(Path(cache) / k) for k in ("features", "projections", "evaluations"))
+    return D.Catalog.from_runs(_list_runs(str(cache), signature))
+
+
+@st.cache_resource(show_spinner="Reading features…", max_entries=12)
+def _run_data(path: str, mtime: int, key: str) -> D.RunData:
+    prov = store.provenance(path) or {}
+    return D.read_run({**prov, "key": key, "path": path})
+
+
+def run_data(run: dict) -> D.RunData:
+    return _run_data(run["path"], _mtime(run["path"]), run["key"])
+
+
+@st.cache_resource(show_spinner="Reading the map…", max_entries=24)
+def _map_xy(features_path: str, fmtime: int, key: str, proj_path: str, pmtime: int) -> D.MapXY:
+    data = _run_data(features_path, fmtime, key)
+    return D.read_projection(data, {**(store.provenance(proj_path) or {}), "path": proj_path})
+
+
+def map_xy(run: dict, projection: dict | None) -> D.MapXY | None:
+    if projection is None:
+        return None
+    return _map_xy(run["path"], _mtime(run["path"]), run["key"], projection["path"], _mtime(projection["path"]))
+
+
+@st.cache_resource(show_spinner="Reading embeddings…", max_entries=4)
+def _embeddings(path: str, mtime: int) -> tuple[np.ndarray, np.ndarray]:
+    X = D.read_embeddings(path)
+    return X, D.row_norms(X)
+
+
+def embeddings(run: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(X, row norms of X) of a features run, in the order of its RunData frame."""
+    return _embeddings(run["path"], _mtime(run["path"]))
+
+
+@st.cache_resource(show_spinner=False, max_entries=8)
+def _dataset(ref: str):
+    """(Dataset, None) or (None, reason). ``ref`` only ever comes from list_runs."""
+    try:
+        from core.data import open_dataset
+
+        return open_dataset(ref), None
+    except Exception as e:  # any source problem -> placeholders, never a traceback
+        log.warning("thumbnails unavailable for %s: %s", ref, e)
+        return None, str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+@st.cache_data(show_spinner=False, max_entries=5000)
+def _thumbnail(ref: str, row: int) -> bytes:
+    ds, _ = _dataset(ref)
+    if ds is None:
+        return placeholder_png()
+    try:
+        return thumbnail_png(ds.image(int(row)), THUMB_PX)
+    except Exception as e:
+        log.warning("thumbnail %s row %s: %s", ref, row, e)
+        return placeholder_png()
+
+
+def thumbnails_note(ref: str) -> str | None:
+    """Why thumbnails are grey placeholders for this dataset, or None."""
+    _, reason = _dataset(ref)
+    return reason
+
+
+# ---------------------------------------------------------------- context
+
+@dataclass
+class Context:
+    """What the sidebar chose, loaded."""
+
+    cache: Path
+    catalog: D.Catalog
+    dataset: str
+    run: dict
+    data: D.RunData
+    method: str
+    projection: dict | None
+    xy: D.MapXY | None
+    colour_by: str
+    highlight: list[int]
+
+    def label(self, run: dict | None = None) -> str:
+        run = run or self.run
+        return {"generic": "generic", "head": "head-only finetune", "full": "full finetune"}.get(
+            D.run_mode(run), D.run_mode(run))
+
+
+def guarded(fn, *args):
+    """Run a view; a failure becomes one line on the page and a traceback in the server log."""
+    try:
+        fn(*args)
+    except Exception as e:  # Streamlit's own control flow exceptions are BaseException
+        log.exception("view %s failed", getattr(fn, "__name__", fn))
+        st.error(f"This view could not be drawn ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). "
+                 "The details are in the server log.")
+
+
+# ---------------------------------------------------------------- shared state
+
+def picked_rows(ctx: Context) -> list[int]:
+    """Dataset rows selected on a map (box, lasso or click) for this dataset."""
+    p = st.session_state.get("picked")
+    return list(p["rows"]) if p and p.get("dataset") == ctx.dataset else []
+
+
+def set_picked(dataset: str, rows: list[int]) -> None:
+    st.session_state["picked"] = {"dataset": dataset, "rows": rows}
+
+
+def on_map_select(chart_key: str, dataset: str) -> None:
+    """Callback of a map's on_select: keep the selection across reruns and views."""
+    event = st.session_state.get(chart_key)
+    selection = event.get("selection") if event else None
+    rows = D.rows_from_selection(selection)
+    if rows or (selection and (selection.get("box") or selection.get("lasso"))):
+        set_picked(dataset, rows)
+
+
+def clear_picked() -> None:
+    st.session_state.pop("picked", None)
+
+
+def chosen_cell(ctx: Context) -> tuple[int, int] | None:
+    """The confusion cell (true, predicted) chosen by click or selectboxes.
+
+    The selectboxes live in the Confusion view and are bound to the URL; when that
+    view has not been drawn yet in this session, the link's values are read directly.
+    """
+    names = ctx.data.class_names
+    out = []
+    for key in ("cell_true", "cell_pred"):
+        value = st.session_state.get(key)
+        if value is None:
+            value = st.query_params.get(key)
+        if value not in names:
+            return None
+        out.append(names.index(value))
+    return out[0], out[1]
+
+
+def focus(galaxy_id: str) -> None:
+    """Callback: open the Neighbours view on this galaxy."""
+    st.session_state["galaxy"] = galaxy_id
+    st.session_state["view"] = "Neighbours"
+
+
+# ---------------------------------------------------------------- galleries
+
+def gallery(ctx: Context, positions, key: str, limit: int = 24, columns: int = 8,
+            data: D.RunData | None = None, neighbours_button: bool = True) -> None:
+    """Thumbnails with id, true class, prediction and confidence; each can open its
+    neighbours. ``positions`` index ``data.frame`` (default: the current run)."""
+    data = data or ctx.data
+    positions = np.asarray(positions, dtype=np.int64)[:limit]
+    if not len(positions):
+        return
+    ref = data.run["dataset"]
+    frame = data.frame
+    cols = st.columns(columns)
+    for j, p in enumerate(positions):
+        r = frame.iloc[int(p)]
+        with cols[j % columns]:
+            st.image(_thumbnail(ref, int(r["row"])), width=THUMB_PX)
+            lines = [f"**{r['id']}**", f"true: {r['true']}"]
+            if data.has_predictions:
+                mark = ":green[✓]" if r["correct"] else ":red[✗]"
+                lines.append(f"{mark} pred: {r['predicted']} ({r['confidence']:.2f})")
+            st.caption("  \n".join(lines))
+            if neighbours_button:
+                st.button("Neighbours", key=f"{key}-nb-{j}", on_click=focus, args=(str(r["id"]),),
+                          type="tertiary", help="show its nearest galaxies in feature space")
+    note = thumbnails_note(ref)
+    if note:
+        st.caption(f"Images are grey placeholders: the dataset could not be opened ({note}).")

@@ -1,0 +1,56 @@
+"""Compare: the generic and the finetuned map side by side, linked. What you
+select in one is ringed in the other; highlighted classes apply to both."""
+from __future__ import annotations
+
+from dataclasses import replace
+from functools import partial
+
+import streamlit as st
+
+from .. import data as D
+from ..figures import colour_options, map_figure
+from .common import Context, map_xy, on_map_select, run_data
+from .map import marked_positions, selection_panel
+
+
+def compare_view(ctx: Context) -> None:
+    generic = ctx.catalog.counterpart(ctx.run, "generic")
+    tuned = ctx.catalog.finetuned_for(ctx.run)
+    if generic is None or tuned is None:
+        missing = "generic" if generic is None else "finetuned"
+        st.info(f"Nothing to compare: no {missing} run of {D.model_label(ctx.run)} is cached for this dataset.")
+        return
+    st.caption("Left, the features of the checkpoint as pretrained; right, after finetuning on the galaxy labels "
+               "(the map is aligned to the left one). Classes that mix on the left and form separate islands on "
+               "the right are what finetuning taught the model. Select galaxies in either map: they are ringed "
+               "in both.")
+    method = D.METHODS.get(ctx.method, ctx.method)
+    cols = st.columns(2)
+    for col, run, key in ((cols[0], generic, "cmp_generic"), (cols[1], tuned, "cmp_tuned")):
+        with col:
+            data = run_data(run)
+            projection = ctx.catalog.projection(run["key"], ctx.method, None if run is generic else generic["key"])
+            xy = map_xy(run, projection)
+            title = f"{ctx.label(run)} · {run.get('model')}"
+            if data.has_predictions:
+                mask = D.split_mask(data.frame, D.default_split(data.frame))
+                cm = D.confusion_matrix(data.frame["label"].to_numpy()[mask], data.frame["pred"].to_numpy()[mask],
+                                        len(data.class_names))
+                title += f" · macro F1 {D.macro_f1(D.per_class_scores(cm, data.class_names)):.2f}"
+            st.markdown(f"**{title}**")
+            if xy is None:
+                st.info(f"No {method} map cached for `{run['key']}`.")
+                continue
+            sub = replace(ctx, run=run, data=data, projection=projection, xy=xy)
+            colour = ctx.colour_by if ctx.colour_by in colour_options(data) else "true class"
+            fig = map_figure(data, xy, colour, ctx.highlight, marked_positions(sub), height=500,
+                             show_legend=run is tuned)
+            st.plotly_chart(fig, key=key, on_select=partial(on_map_select, key, ctx.dataset),
+                            selection_mode=("points", "box", "lasso"), config={"displaylogo": False})
+            q = (projection or {}).get("quality") or {}
+            st.caption(" · ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in q.items()
+                                  if isinstance(v, (int, float))) or "no quality numbers recorded")
+            if D.is_random_stand_in(run):
+                st.caption("ℹ️ The offline demo's generic checkpoint is a randomly initialised stand-in, "
+                           "not a pretrained model.")
+    selection_panel(ctx, key="cmp")

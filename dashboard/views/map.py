@@ -1,0 +1,146 @@
+"""The map: every galaxy as a dot, placed so that galaxies with similar features
+sit close together. Box, lasso or click selects galaxies -> gallery + CSV."""
+from __future__ import annotations
+
+import threading
+import time
+from functools import partial
+
+import numpy as np
+import streamlit as st
+
+from .. import data as D
+from ..figures import map_figure
+from .common import Context, chosen_cell, clear_picked, gallery, log, on_map_select, picked_rows
+
+QUALITY_HELP = {
+    "knn_preservation": "share of each galaxy's nearest neighbours in feature space that stay its neighbours "
+                        "on the map (1 = perfect)",
+    "trustworthiness": "how rarely the map puts galaxies together that are far apart in feature space (1 = never)",
+}
+
+
+def marked_positions(ctx: Context, include_picked: bool = True) -> dict[str, np.ndarray]:
+    """Galaxies to ring on a map: the chosen confusion cell and the current selection."""
+    out = {}
+    cell = chosen_cell(ctx) if ctx.data.has_predictions else None
+    if cell is not None:
+        t, p = cell
+        names = ctx.data.class_names
+        mask = D.split_mask(ctx.data.frame, st.session_state.get("cell_split") or D.default_split(ctx.data.frame))
+        out[f"cell {names[t]} → {names[p]}"] = D.cell_positions(ctx.data.frame, t, p, mask)
+    if include_picked:
+        rows = picked_rows(ctx)
+        if rows:
+            out["selected"] = ctx.data.positions(rows)
+    return out
+
+
+def quality_panel(ctx: Context) -> None:
+    prov = ctx.projection or {}
+    st.markdown(f"**{D.METHODS.get(ctx.method, ctx.method)} map quality**")
+    quality = prov.get("quality") or {}
+    shown = 0
+    for name, value in quality.items():
+        if isinstance(value, (int, float)):
+            st.metric(name.replace("_", " "), f"{value:.2f}", help=QUALITY_HELP.get(name))
+            shown += 1
+    if not shown:
+        st.caption("No quality numbers were recorded for this map.")
+    if prov.get("aligned_to"):
+        st.caption("Aligned to the generic map, so the two can be compared side by side.")
+
+
+# Rough seconds per 1,000 galaxies on 2 CPU cores (DESIGN.md: openTSNE 61 s for 17,736), for the progress bar.
+SECONDS_PER_1000 = {"tsne": 3.5, "umap": 2.0, "pca": 0.05}
+
+
+def compute_projection(ctx: Context, name: str) -> bool:
+    """Ask core for the map, with a progress bar against a rough time estimate. True when done."""
+    from core import mapstore  # imported by the caller's check already
+
+    generic = ctx.catalog.counterpart(ctx.run, "generic")
+    align = generic["key"] if generic and generic is not ctx.run else None
+    result: dict = {}
+
+    def work():
+        try:
+            mapstore.get_projection(ctx.run["key"], ctx.method, cache=ctx.cache, align_to=align, progress=False)
+        except Exception as e:  # reported below, in the script thread
+            result["error"] = e
+
+    estimate = max(2.0, SECONDS_PER_1000.get(ctx.method, 3.0) * ctx.data.n / 1000 * (2 if align else 1))
+    bar = st.progress(0.0, text=f"Computing the {name} map of {ctx.data.n:,} galaxies…")
+    worker = threading.Thread(target=work, daemon=True, name="projection")
+    t0 = time.monotonic()
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.5)
+        elapsed = time.monotonic() - t0
+        bar.progress(min(elapsed / estimate, 0.97),
+                     text=f"Computing the {name} map of {ctx.data.n:,} galaxies: {elapsed:.0f} s "
+                          f"(about {estimate:.0f} s expected)")
+    bar.empty()
+    if "error" in result:
+        e = result["error"]
+        log.error("projection failed", exc_info=e)
+        st.error(f"Could not compute the map: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        return False
+    return True
+
+
+def missing_projection(ctx: Context) -> None:
+    name = D.METHODS.get(ctx.method, ctx.method)
+    cached = [D.METHODS[m] for m in ctx.catalog.projection_methods(ctx.run["key"])]
+    st.info(f"No {name} map is cached for this run yet."
+            + (f" Cached: {', '.join(cached)}." if cached else ""))
+    try:
+        from core import mapstore  # noqa: F401  (lands with the projections work; optional here)
+    except ImportError:
+        st.caption(f"Build it with `python -m core project` for features run `{ctx.run['key']}`.")
+        return
+    if st.button(f"Compute the {name} map now", key="compute-map", type="primary"):
+        if compute_projection(ctx, name):
+            st.rerun()
+
+
+def selection_panel(ctx: Context, key: str = "map") -> None:
+    rows = picked_rows(ctx)
+    if not rows:
+        st.caption("Drag a box or a lasso on the map (or click a galaxy) to list the galaxies you select.")
+        return
+    pos = ctx.data.positions(rows)
+    st.subheader(f"Selected galaxies: {len(pos):,}")
+    left, right = st.columns([2, 5])
+    with left:
+        st.dataframe(D.class_counts(ctx.data.frame, pos, ctx.data.has_predictions), width="stretch")
+        st.download_button("Download selection (CSV)", lambda: D.selection_csv(ctx.data, pos, ctx.xy),
+                           file_name="selected-galaxies.csv", mime="text/csv", key=f"{key}-csv",
+                           on_click="ignore")
+        st.button("Clear selection", key=f"{key}-clear", on_click=clear_picked)
+    with right:
+        order = pos
+        if ctx.data.has_predictions:
+            order = pos[np.argsort(-ctx.data.frame["confidence"].to_numpy()[pos], kind="stable")]
+        if len(pos) > 24:
+            st.caption(f"First 24 of {len(pos):,}" + (", most confident first" if ctx.data.has_predictions else "")
+                       + "; the CSV lists them all.")
+        gallery(ctx, order, key=f"{key}-sel", columns=6)
+
+
+def map_view(ctx: Context) -> None:
+    st.caption("Each dot is one galaxy, placed so that galaxies whose features are similar sit close together. "
+               "Well-separated colour islands mean the model tells those classes apart. Hover a dot for its "
+               "classes; drag a box or lasso (toolbar) to select galaxies.")
+    if ctx.xy is None:
+        missing_projection(ctx)
+        return
+    left, right = st.columns([5, 1])
+    with left:
+        fig = map_figure(ctx.data, ctx.xy, ctx.colour_by, ctx.highlight, marked_positions(ctx))
+        st.plotly_chart(fig, key="map_chart", on_select=partial(on_map_select, "map_chart", ctx.dataset),
+                        selection_mode=("points", "box", "lasso"), config={"scrollZoom": True, "displaylogo": False})
+    with right:
+        quality_panel(ctx)
+        st.metric("galaxies", f"{ctx.data.n:,}")
+    selection_panel(ctx)

@@ -1,0 +1,191 @@
+"""A small cache the dashboard tests and the benchmark read: features runs (generic
+without a head, head-only and full with one), projections with quality numbers,
+evaluations, and a `folder:` dataset of tiny PNGs for thumbnails.
+
+Embeddings are clustered like the paper's: generic features carry little class
+structure, fully finetuned ones separate the classes, Unbarred Tight and Loose
+Spirals stay close and Disturbed is scattered.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from core import cache as store
+from core.data.base import GALAXY10_CLASSES, GALAXY10_COUNTS
+
+TIGHT, LOOSE, DISTURBED = 6, 7, 0
+
+
+def _labels(n: int, rng) -> np.ndarray:
+    p = np.asarray(GALAXY10_COUNTS, float)
+    labels = rng.choice(len(p), size=n, p=p / p.sum())
+    labels[: len(p)] = np.arange(len(p))  # every class present even at tiny n
+    return labels.astype(np.int64)
+
+
+def _write_images(folder: Path, labels: np.ndarray, splits: np.ndarray, redshift: np.ndarray, rng) -> str:
+    from PIL import Image
+
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[:24, :24]
+    lines = ["file,label,split,redshift"]
+    for i, lab in enumerate(labels):
+        hue = np.array([40 + 20 * lab, 200 - 15 * lab, 90 + 10 * (lab % 3)], float)
+        blob = np.exp(-((xx - 12) ** 2 + (yy - 12) ** 2 * (1 + 0.3 * lab)) / 30.0)[..., None]
+        img = np.clip(blob * hue + rng.normal(0, 6, (24, 24, 3)), 0, 255).astype(np.uint8)
+        name = f"images/g{i:05d}.png"
+        Image.fromarray(img).save(folder / name)
+        lines.append(f"{name},{lab},{splits[i]},{redshift[i]:.4f}")
+    (folder / "labels.csv").write_text("\n".join(lines) + "\n")
+    return f"folder:{folder}"
+
+
+def _fixed_list(a: np.ndarray) -> pa.Array:
+    a = np.ascontiguousarray(a, np.float32)
+    return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), a.shape[1])
+
+
+def _predictions(labels, accuracy, rng):
+    """Predictions with the paper's error pattern: Tight <-> Loose, Disturbed anywhere."""
+    k = len(GALAXY10_CLASSES)
+    pred = labels.copy()
+    wrong = rng.random(len(labels)) > accuracy
+    wrong |= (labels == DISTURBED) & (rng.random(len(labels)) < 0.3)
+    swap = {TIGHT: LOOSE, LOOSE: TIGHT}
+    for i in np.flatnonzero(wrong):
+        pred[i] = swap.get(int(labels[i]), int(rng.integers(k))) if rng.random() < 0.7 else int(rng.integers(k))
+    conf = np.where(pred == labels, rng.uniform(0.55, 1.0, len(labels)), rng.uniform(0.3, 0.85, len(labels)))
+    probs = rng.dirichlet(np.ones(k), len(labels)) * (1 - conf[:, None])
+    probs[np.arange(len(labels)), pred] = conf
+    return pred, conf.astype(np.float32), probs / probs.sum(1, keepdims=True)
+
+
+def _embeddings(labels, centres, strength, noise, rng):
+    x = rng.normal(0, noise, (len(labels), centres.shape[1]))
+    c = centres[labels].copy()
+    dist = labels == DISTURBED
+    c[dist] = centres[rng.integers(len(centres), size=int(dist.sum()))]  # Disturbed: anywhere
+    return (strength * c + x).astype(np.float32)
+
+
+def _layout(labels, separation, rng):
+    """A t-SNE-like 2-D layout: one island per class, spread by ``separation``."""
+    k = len(GALAXY10_CLASSES)
+    angle = 2 * np.pi * np.arange(k) / k
+    centres = np.stack([np.cos(angle), np.sin(angle)], 1) * 30
+    centres[LOOSE] = centres[TIGHT] * 0.8 + centres[LOOSE] * 0.2
+    lab = labels.copy()
+    dist = lab == DISTURBED
+    lab[dist] = rng.integers(k, size=int(dist.sum()))
+    xy = centres[lab] * separation + rng.normal(0, 6, (len(labels), 2))
+    return xy.astype(np.float32)
+
+
+def _pca2(X):
+    Xc = X - X.mean(0)
+    _, _, vt = np.linalg.svd(Xc[: min(len(Xc), 5000)], full_matrices=False)
+    return (Xc @ vt[:2].T).astype(np.float32)
+
+
+def write_features(cache: Path, dataset: str, model: str, mode: str, labels, splits, emb, meta=None,
+                   preds=None, class_names=GALAXY10_CLASSES, family="dinov2", size="small") -> dict:
+    n = len(labels)
+    cols = {"row": pa.array(np.arange(n), pa.int64()), "id": pa.array([f"gal{i:06d}" for i in range(n)]),
+            "split": pa.array(splits.astype(str)), "label": pa.array(labels, pa.int64()), "embedding": _fixed_list(emb)}
+    if preds is not None:
+        pred, conf, probs = preds
+        cols.update(pred=pa.array(pred, pa.int64()), confidence=pa.array(conf, pa.float32()), probs=_fixed_list(probs))
+    for name, values in (meta or {}).items():
+        cols[f"meta_{name}"] = pa.array(values)
+    key = store.key_of("fixture", dataset, model, mode, n)
+    prov = dict(kind="features", dataset=dataset, dataset_fingerprint=store.key_of(dataset), model=model,
+                model_fingerprint=store.key_of(model), family=family, size=size, mode=mode, pooling="cls",
+                split="all", rows=n, dim=int(emb.shape[1]), has_head=preds is not None,
+                class_names=list(class_names),
+                id2label={str(i): c for i, c in enumerate(class_names)} if preds is not None else {},
+                base_model="demo:generic" if mode != "generic" else None, dtype="float32", device="cpu")
+    path = store.path_for(cache, "features", key)
+    store.write_parquet(path, pa.table(cols), prov)
+    return {**prov, "key": key, "path": str(path)}
+
+
+def write_projection(cache: Path, run: dict, method: str, xy: np.ndarray, aligned_to: str | None = None,
+                     quality: dict | None = None) -> dict:
+    n = len(xy)
+    key = store.key_of("fixture-proj", run["key"], method, aligned_to)
+    prov = dict(kind="projection", features_run=run["key"], method=method, params={"seed": 42},
+                aligned_to=aligned_to, rows=n, quality=quality or {}, seconds=1.0, created="2026-01-01T00:00:00")
+    table = pa.table({"row": pa.array(np.arange(n), pa.int64()), "id": pa.array([f"gal{i:06d}" for i in range(n)]),
+                      "x": pa.array(xy[:, 0], pa.float32()), "y": pa.array(xy[:, 1], pa.float32())})
+    store.write_parquet(store.path_for(cache, "projections", key), table, prov)
+    return prov
+
+
+def write_evaluation(cache: Path, run: dict, labels, pred, splits):
+    from dashboard.data import confusion_matrix, macro_f1, per_class_scores
+
+    test = splits == "test"
+    cm = confusion_matrix(labels[test], pred[test], len(GALAXY10_CLASSES))
+    scores = per_class_scores(cm, GALAXY10_CLASSES)
+    store.write_json(store.path_for(cache, "evaluations", run["key"], ".json"), {
+        "features_run": run["key"], "dataset": run["dataset"], "model": run["model"], "mode": run["mode"],
+        "class_names": GALAXY10_CLASSES, "split": "test", "accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
+        "macro_f1": macro_f1(scores), "per_class": scores.to_dict("records"), "confusion": cm.tolist()})
+
+
+def build_cache(root, n: int = 600, images: bool = True, dim: int = 32, seed: int = 0,
+                second_dataset: bool = True) -> Path:
+    """Write a fixture cache under ``root/cache`` and return its path.
+
+    Dataset A (n galaxies; a `folder:` of PNGs when ``images``, else an unopenable
+    reference so thumbnails fall back to placeholders): runs demo:generic (no head),
+    demo:head and demo:full, t-SNE for all three (finetuned maps aligned to the
+    generic one), PCA for generic and full, no UMAP, evaluations for head and full.
+    Dataset B (``second_dataset``): one generic run without a head and no images.
+    """
+    root = Path(root)
+    cache = root / "cache"
+    rng = np.random.default_rng(seed)
+    labels = _labels(n, rng)
+    splits = np.where(rng.random(n) < 0.2, "test", "train")
+    splits[:20] = "test"
+    redshift = rng.gamma(2.0, 0.03, n).round(4)
+    dataset = (_write_images(root / "galaxies", labels, splits, redshift, rng) if images
+               else f"folder:{root / 'no-images-here'}")
+    meta = {"redshift": redshift.astype(np.float64), "pitch_angle": rng.uniform(5, 40, n).astype(np.float32)}
+    k = len(GALAXY10_CLASSES)
+    centres = rng.normal(0, 1, (k, dim))
+    centres[LOOSE] = 0.8 * centres[TIGHT] + 0.2 * centres[LOOSE]
+    generic_emb = _embeddings(labels, centres, 0.35, 1.0, rng)
+    full_emb = _embeddings(labels, centres, 2.0, 0.6, rng)
+    quality = {"generic": {"knn_preservation": 0.31, "trustworthiness": 0.88},
+               "full": {"knn_preservation": 0.47, "trustworthiness": 0.95}}
+
+    generic = write_features(cache, dataset, "demo:generic", "generic", labels, splits, generic_emb, meta)
+    head_preds = _predictions(labels, 0.6, rng)
+    head = write_features(cache, dataset, "demo:head", "head", labels, splits, generic_emb, meta, head_preds)
+    full_preds = _predictions(labels, 0.86, rng)
+    full = write_features(cache, dataset, "demo:full", "full", labels, splits, full_emb, meta, full_preds)
+
+    generic_xy = _layout(labels, 0.15, rng)
+    write_projection(cache, generic, "tsne", generic_xy, quality=quality["generic"])
+    write_projection(cache, head, "tsne", generic_xy + rng.normal(0, 0.5, generic_xy.shape).astype(np.float32),
+                     aligned_to=generic["key"], quality=quality["generic"])
+    write_projection(cache, full, "tsne", _layout(labels, 1.0, rng), aligned_to=generic["key"],
+                     quality=quality["full"])
+    write_projection(cache, generic, "pca", _pca2(generic_emb), quality={"trustworthiness": 0.7})
+    write_projection(cache, full, "pca", _pca2(full_emb), quality={"trustworthiness": 0.8})
+    write_evaluation(cache, head, labels, head_preds[0], splits)
+    write_evaluation(cache, full, labels, full_preds[0], splits)
+
+    if second_dataset:
+        m = 80
+        lab_b = _labels(m, rng)
+        split_b = np.where(np.arange(m) % 5 == 0, "test", "train")
+        other = write_features(cache, f"folder:{root / 'other-galaxies'}", "hf:facebook/dinov2-small", "generic",
+                               lab_b, split_b, _embeddings(lab_b, centres, 0.5, 1.0, rng))
+        write_projection(cache, other, "tsne", _layout(lab_b, 0.3, rng), quality={"trustworthiness": 0.9})
+    return cache

@@ -1,0 +1,148 @@
+"""The real thing: `streamlit run` on localhost and Debian's Chromium driven by
+Playwright. Load the page, see the map, click a confusion cell, see its gallery,
+select galaxies on the map, hover a galaxy. Screenshots go to test-artifacts/ (git-ignored)."""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                reason=f"{CHROMIUM} not found: apt-get install chromium (no browser is downloaded)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(cache: Path, log_path: Path):
+    """`streamlit run dashboard/app.py -- --cache DIR` on a free localhost port; (process, url)."""
+    port = free_port()
+    streamlit = Path(sys.executable).with_name("streamlit")
+    cmd = [str(streamlit) if streamlit.exists() else shutil.which("streamlit"), "run", "dashboard/app.py",
+           "--server.port", str(port), "--server.address", "127.0.0.1", "--server.headless", "true",
+           "--", "--cache", str(cache)]
+    env = {k: v for k, v in os.environ.items() if k != "EXPLORER_CACHE"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=open(log_path, "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(150):
+        try:
+            urllib.request.urlopen(f"{url}/_stcore/health", timeout=1)
+            return proc, url
+        except Exception:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+    proc.terminate()
+    pytest.fail(f"streamlit did not start; log:\n{log_path.read_text()[-2000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from tests.dashboard_fixtures import build_cache
+
+    root = tmp_path_factory.mktemp("browser")
+    cache = Path(os.environ.get("DASHBOARD_BROWSER_CACHE") or build_cache(root, n=400))
+    proc, url = start_server(cache, root / "server.log")
+    yield url, root / "server.log"
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+# Where a confusion cell sits on screen, from plotly's own axis conversions.
+CELL_XY = """([t, p]) => {
+  for (const gd of document.querySelectorAll('.js-plotly-plot')) {
+    if (!gd.data || !gd.data.some(tr => tr.type === 'heatmap')) continue;
+    const L = gd._fullLayout, box = gd.getBoundingClientRect();
+    return [box.left + L._size.l + L.xaxis.l2p(p), box.top + L._size.t + L.yaxis.l2p(t)];
+  }
+  return null;
+}"""
+
+
+FIRST_POINT_XY = """() => {
+  const gd = document.querySelector('.js-plotly-plot'), L = gd._fullLayout, box = gd.getBoundingClientRect();
+  const t = gd._fullData.find(t => t.type === 'scattergl' && t._length > 0);
+  return [box.left + L._size.l + L.xaxis.l2p(t.x[0]), box.top + L._size.t + L.yaxis.l2p(t.y[0])];
+}"""
+
+
+def test_map_confusion_click_gallery_and_selection(server):
+    from playwright.sync_api import sync_playwright
+
+    url, log = server
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1300})
+        try:
+            page.goto(url)
+            page.wait_for_selector(".js-plotly-plot .scatterlayer, .js-plotly-plot canvas", timeout=30000)
+            page.get_by_text("t-SNE map quality").wait_for(timeout=10000)
+            page.wait_for_timeout(800)
+            x, y = page.evaluate(FIRST_POINT_XY)
+            page.mouse.move(x + 2, y + 2)
+            page.mouse.move(x, y)
+            page.wait_for_selector(".hoverlayer .hovertext", timeout=10000)
+            hover = page.locator(".hoverlayer .hovertext").first.text_content()
+            assert "gal" in hover and "true:" in hover and "predicted:" in hover, hover
+            page.screenshot(path=str(ARTIFACTS / "01-map-hover.png"))
+            assert "Traceback" not in page.content()
+
+            # Confusion: click the Unbarred Tight -> Unbarred Loose cell on the heatmap itself.
+            page.get_by_role("tab", name="Confusion").click()
+            page.get_by_text("Rows are the true class").wait_for(timeout=15000)
+            page.wait_for_function("() => [...document.querySelectorAll('.js-plotly-plot')]"
+                                   ".some(gd => gd.data && gd.data.some(t => t.type === 'heatmap'))", timeout=15000)
+            page.wait_for_timeout(500)
+            x, y = page.evaluate(CELL_XY, [6, 7])
+            page.mouse.click(x, y)
+            heading = page.get_by_text("of class Unbarred Tight Spiral predicted as Unbarred Loose Spiral")
+            heading.wait_for(timeout=15000)
+            page.wait_for_function("() => document.querySelectorAll('[data-testid=stImage] img').length > 0",
+                                   timeout=15000)
+            assert "cell=" not in page.url  # bound keys are cell_true / cell_pred
+            assert "cell_true=Unbarred" in page.url and "cell_pred=Unbarred" in page.url
+            page.wait_for_timeout(800)
+            heading.scroll_into_view_if_needed()
+            page.screenshot(path=str(ARTIFACTS / "02-confusion-cell-gallery.png"))
+
+            # Back on the map: drag a box -> gallery of the selected galaxies with a CSV download.
+            page.get_by_role("tab", name="Map").click()
+            page.get_by_text("t-SNE map quality").wait_for(timeout=15000)
+            page.wait_for_timeout(800)
+            plot = page.locator(".js-plotly-plot").first.locator(".nsewdrag").first
+            b = plot.bounding_box()
+            page.mouse.move(b["x"] + b["width"] * 0.05, b["y"] + b["height"] * 0.05)
+            page.mouse.down()
+            page.mouse.move(b["x"] + b["width"] * 0.5, b["y"] + b["height"] * 0.6, steps=8)
+            page.mouse.up()
+            page.get_by_text("Selected galaxies:").wait_for(timeout=15000)
+            page.get_by_text("Download selection (CSV)").wait_for(timeout=5000)
+            page.wait_for_timeout(800)
+            page.screenshot(path=str(ARTIFACTS / "03-map-selection.png"), full_page=True)
+            assert "Traceback" not in page.content()
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "failure.png"))
+            print(Path(log).read_text()[-3000:])
+            raise
+        finally:
+            browser.close()

@@ -1,0 +1,346 @@
+"""The Streamlit app through AppTest: every view and control, against a fixture
+cache with a generic run (no head), head-only and full runs, and a second
+dataset with a generic run only."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+TIGHT, LOOSE = "Unbarred Tight Spiral", "Unbarred Loose Spiral"
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    from tests.dashboard_fixtures import build_cache
+
+    cache = build_cache(tmp_path_factory.mktemp("app"), n=300)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("EXPLORER_CACHE", str(cache))
+        yield cache
+
+
+def run_app(query: dict | None = None, state: dict | None = None) -> AppTest:
+    at = AppTest.from_file(APP, default_timeout=60)
+    for k, v in (query or {}).items():
+        at.query_params[k] = v
+    for k, v in (state or {}).items():
+        at.session_state[k] = v
+    return ok(at.run())
+
+
+def ok(at: AppTest) -> AppTest:
+    """No exception, no error box, no traceback text anywhere on the page."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    assert "Traceback" not in " ".join(str(m.value) for m in at.markdown)
+    return at
+
+
+def texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [i.value for i in at.info]
+    parts += [h.value for h in at.subheader] + [w.value for w in at.warning] + [c.value for c in at.code]
+    return "\n".join(str(p) for p in parts)
+
+
+def charts(at: AppTest) -> list[dict]:
+    return [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+
+
+def legend(spec: dict) -> list[str]:
+    return [t["name"] for t in spec["data"] if t.get("showlegend") is not False]
+
+
+def dataset_ref(cache, label: str = "galaxies") -> str:
+    from core.cache import list_runs
+    from dashboard.data import Catalog
+
+    return Catalog.from_runs(list_runs(cache)).datasets()[label]
+
+
+def view(at: AppTest, name: str) -> AppTest:
+    at.session_state["view"] = name
+    return ok(at.run())
+
+
+def test_first_load_shows_the_full_finetune_tsne_map(cache):
+    at = run_app()
+    assert [t.label for t in at.tabs] == ["Map", "Confusion", "Compare", "Neighbours"]
+    assert at.selectbox(key="dataset").value == "galaxies"
+    assert at.selectbox(key="model").value == "DINOv2 · small"
+    assert at.radio(key="mode").value == "full" and at.radio(key="mode").options == ["generic", "head", "full"]
+    assert at.radio(key="projection").value == "tsne"
+    assert at.selectbox(key="colour").value == "true class"
+    (spec,) = charts(at)
+    assert {t["type"] for t in spec["data"]} == {"scattergl"}
+    assert all("bdata" in t["customdata"] and isinstance(t["marker"]["color"], str) for t in spec["data"])
+    assert legend(spec)[0].startswith("Disturbed") and len(legend(spec)) == 10
+    assert "full finetune" in texts(at) and "macro F1" in texts(at)
+    assert {m.label for m in at.metric} >= {"knn preservation", "trustworthiness", "galaxies"}
+    assert "Drag a box or a lasso" in texts(at)
+
+
+def test_mode_switch_generic_then_head(cache):
+    at = run_app()
+    at.radio(key="mode").set_value("generic")
+    ok(at.run())
+    assert "randomly initialised" in texts(at)
+    assert at.selectbox(key="colour").options == ["true class", "redshift", "pitch_angle"]
+    assert "demo:generic" in texts(at)
+    at.radio(key="mode").set_value("head")
+    ok(at.run())
+    assert "head-only finetune" in texts(at) and "predicted class" in at.selectbox(key="colour").options
+
+
+def test_projection_switch_pca_and_uncached_umap(cache):
+    at = run_app()
+    at.radio(key="projection").set_value("pca")
+    ok(at.run())
+    assert len(charts(at)) == 1 and "PCA map quality" in texts(at)
+    at.radio(key="projection").set_value("umap")
+    ok(at.run())
+    assert "No UMAP map is cached for this run yet" in texts(at) and not charts(at)
+
+
+@pytest.mark.parametrize("colour", ["predicted class", "correct / wrong", "confidence", "redshift", "pitch_angle"])
+def test_colour_by(cache, colour):
+    at = run_app()
+    at.selectbox(key="colour").select(colour)
+    ok(at.run())
+    (spec,) = charts(at)
+    if colour in ("confidence", "redshift", "pitch_angle"):
+        assert not legend(spec) and all("bdata" in t["marker"]["color"] for t in spec["data"])
+        assert sum(bool(t["marker"].get("showscale")) for t in spec["data"]) == 1
+    elif colour == "correct / wrong":
+        assert [name.split(" (")[0] for name in legend(spec)] == ["correct", "wrong"]
+    else:
+        assert len(legend(spec)) == 10
+
+
+def test_class_highlight_keeps_the_rest_in_grey(cache):
+    at = run_app()
+    at.multiselect(key="highlight").select("Disturbed")
+    ok(at.run())
+    names = legend(charts(at)[0])
+    assert names[0].startswith("other classes") and names[1].startswith("Disturbed") and len(names) == 2
+
+
+def test_map_selection_gallery_counts_csv_and_clear(cache):
+    at = run_app()
+    at.session_state["picked"] = {"dataset": dataset_ref(cache), "rows": list(range(40))}
+    ok(at.run())
+    assert "Selected galaxies: 40" in texts(at)
+    assert at.get("download_button") and len(at.get("image")) >= 1
+    assert any(df.value["true"].sum() == 40 for df in at.dataframe)
+    assert legend(charts(at)[0])[-1] == "selected (40)"
+    at.button(key="map-clear").click()
+    ok(at.run())
+    assert "Selected galaxies" not in texts(at)
+
+
+def test_confusion_cell_from_the_controls(cache):
+    at = view(run_app(), "Confusion")
+    specs = charts(at)
+    assert specs[0]["data"][0]["type"] == "heatmap" and specs[0]["data"][1]["customdata"][0] == [0, 0]
+    assert "Per-class scores (test split)" in texts(at) and "ΔF1" in texts(at)
+    assert len(at.dataframe) == 2  # per-class scores and the ΔF1 table
+    at.selectbox(key="cell_true").select(TIGHT)
+    at.selectbox(key="cell_pred").select(LOOSE)
+    ok(at.run())
+    assert f"of class {TIGHT} predicted as {LOOSE}" in texts(at) and "Misclassified" in texts(at)
+    assert "most confident first" in texts(at)
+    at.selectbox(key="cell_true").select("Merging")
+    at.selectbox(key="cell_pred").select("Merging")
+    ok(at.run())
+    assert "Correctly classified" in texts(at) and at.get("image")  # the gallery
+    shown = int(next(h.value for h in at.subheader if "of class Merging" in h.value).split()[0].replace(",", ""))
+    assert shown > 0 and len(at.get("image")) == min(24, shown)
+    assert charts(at)[1]["data"][-1]["name"] == f"cell Merging → Merging ({shown})"  # ringed on the map
+    at.toggle(key="cm_norm").set_value(True)
+    at.radio(key="cell_split").set_value("all")
+    ok(at.run())
+    assert "%" in json.dumps(charts(at)[0]["data"][0]["text"]) and "Per-class scores (all galaxies)" in texts(at)
+    # the chosen cell stays highlighted on the Map view too
+    at = view(at, "Map")
+    assert any(t["name"].startswith("cell Merging → Merging") for t in charts(at)[0]["data"])
+
+
+def test_confusion_hidden_without_a_head(cache):
+    at = view(run_app(query={"mode": "generic"}), "Confusion")
+    assert "no classification head" in texts(at) and not charts(at)
+
+
+def test_compare_side_by_side_and_linked(cache):
+    at = view(run_app(), "Compare")
+    specs = charts(at)
+    assert len(specs) == 2 and "generic · demo:generic" in texts(at) and "full finetune · demo:full" in texts(at)
+    assert "randomly initialised stand-in" in texts(at)
+    at.session_state["picked"] = {"dataset": dataset_ref(cache), "rows": [1, 2, 3]}
+    ok(at.run())
+    assert all(s["data"][-1]["name"] == "selected (3)" for s in charts(at))  # ringed in both maps
+
+
+def test_neighbours_from_a_gallery_button_by_id_k_and_metric(cache):
+    at = view(run_app(), "Neighbours")
+    assert "Try one of these" in texts(at)
+    at.button(key="suggest-nb-0").click()
+    ok(at.run())
+    assert at.session_state["view"] == "Neighbours" and at.text_input(key="galaxy").value
+    assert texts(at).count("of 8 neighbours share its class") == 2  # generic and finetuned spaces
+    at.slider(key="k").set_value(5)
+    at.radio(key="metric").set_value("euclidean")
+    ok(at.run())
+    assert "of 5 neighbours" in texts(at) and "euclidean distance" in texts(at)
+    at.text_input(key="galaxy").input("no-such-galaxy")
+    ok(at.run())
+    assert "No galaxy with id 'no-such-galaxy'" in texts(at)
+
+
+def test_gallery_neighbours_button_opens_the_neighbours_view(cache):
+    at = view(run_app(query={"cell_true": "Round Smooth", "cell_pred": "Round Smooth"}), "Confusion")
+    at.button(key="cell-nb-0").click()
+    ok(at.run())
+    assert at.session_state["view"] == "Neighbours" and "neighbours share its class" in texts(at)
+
+
+def test_link_restores_the_view(cache):
+    at = run_app(query={"mode": "head", "projection": "PCA", "highlight": ["Disturbed", "Merging"],
+                        "cell_true": TIGHT, "cell_pred": LOOSE, "view": "Confusion", "colour": "confidence"})
+    assert at.radio(key="mode").value == "head" and at.radio(key="projection").value == "pca"
+    assert at.multiselect(key="highlight").value == ["Disturbed", "Merging"]
+    assert at.selectbox(key="colour").value == "confidence"
+    assert f"of class {TIGHT} predicted as {LOOSE}" in texts(at)
+    # values that are not among the options are ignored, never used as paths
+    at = run_app(query={"dataset": "/etc/passwd", "mode": "../../x", "view": "Map"})
+    assert at.selectbox(key="dataset").value == "galaxies" and at.radio(key="mode").value == "full"
+
+
+def test_second_dataset_generic_only_with_placeholder_thumbnails(cache):
+    at = run_app()
+    at.selectbox(key="dataset").select("other-galaxies")
+    ok(at.run())
+    assert at.radio(key="mode").options == ["generic"] and "hf:facebook/dinov2-small" in texts(at)
+    assert "randomly initialised" not in texts(at)
+    at = view(at, "Compare")
+    assert "Nothing to compare" in texts(at)
+    at = view(at, "Neighbours")
+    assert "grey placeholders" in texts(at)
+
+
+def test_empty_cache_explains_the_demo(tmp_path, monkeypatch):
+    monkeypatch.setenv("EXPLORER_CACHE", str(tmp_path))
+    at = run_app()
+    assert "python -m core demo" in texts(at) and "No cached runs" in texts(at)
+
+
+def test_cache_from_the_command_line(cache, monkeypatch):
+    monkeypatch.delenv("EXPLORER_CACHE")
+    monkeypatch.setattr(sys, "argv", ["app.py", "--cache", str(cache)])
+    at = run_app()
+    assert at.selectbox(key="dataset").value == "galaxies"
+
+
+def test_a_failing_view_is_one_line_not_a_traceback():
+    def app():
+        from dashboard.views.common import guarded
+
+        def broken():
+            raise RuntimeError("disk on fire\nsecond line")
+
+        guarded(broken)
+
+    at = AppTest.from_function(app).run()
+    assert not at.exception
+    assert len(at.error) == 1 and "RuntimeError: disk on fire)" in at.error[0].value
+    assert "second line" not in at.error[0].value
+
+
+def test_config_binds_localhost_with_xsrf_on():
+    import tomllib
+
+    cfg = tomllib.loads((Path(APP).parents[1] / ".streamlit" / "config.toml").read_text())
+    assert cfg["server"]["address"] == "127.0.0.1" and cfg["server"]["enableXsrfProtection"] is True
+    assert cfg["browser"]["gatherUsageStats"] is False and os.path.basename(APP) == "app.py"
+
+
+def test_real_photos_extracted_by_core(tmp_path, monkeypatch, checkpoints, examples_dir):
+    """The contract end to end: features that `core` extracted from the 60 real DECaLS
+    photos (a tiny random checkpoint without and one with a head), a map written per
+    CONTRACTS.md, real thumbnails in the galleries."""
+    import numpy as np
+    import pyarrow as pa
+
+    from core import cache as store
+    from core.features import extract
+
+    cache = tmp_path / "cache"
+    ref = f"folder:{examples_dir}"
+    runs = {}
+    for mode, name in (("generic", "dinov2"), ("full", "dinov2-head")):
+        path, prov, _ = extract(ref, f"dir:{checkpoints[name]}", mode=mode, cache=cache, progress=False,
+                                device="cpu", log=lambda *_: None)
+        runs[mode] = {**prov, "key": path.stem}
+        table = store.read_table(path, columns=["row", "id", "embedding"])
+        X = np.asarray(table.column("embedding").to_pylist(), np.float32)
+        Xc = X - X.mean(0)
+        xy = Xc @ np.linalg.svd(Xc, full_matrices=False)[2][:2].T
+        store.write_parquet(store.path_for(cache, "projections", store.key_of(path.stem, "pca")), pa.table({
+            "row": table.column("row"), "id": table.column("id"),
+            "x": pa.array(xy[:, 0], pa.float32()), "y": pa.array(xy[:, 1], pa.float32())}),
+            {"kind": "projection", "features_run": path.stem, "method": "pca", "params": {}, "aligned_to": None,
+             "rows": len(xy), "quality": {"trustworthiness": 0.5}})
+    monkeypatch.setenv("EXPLORER_CACHE", str(cache))
+    at = run_app(query={"projection": "PCA"})
+    assert at.radio(key="mode").options == ["generic", "full"] and "60 galaxies" in texts(at)
+    assert sum(len(t.get("customdata", {}).get("shape", "0,").split(",")) > 0 for t in charts(at)[0]["data"])
+    at = view(at, "Confusion")
+    at.selectbox(key="cell_true").select("Disturbed")
+    at.selectbox(key="cell_pred").select(at.selectbox(key="cell_pred").options[1])
+    at = view(at, "Neighbours")
+    at.button(key="suggest-nb-0").click()
+    ok(at.run())
+    assert texts(at).count("neighbours share its class") >= 2 and "grey placeholders" not in texts(at)
+    assert len(at.get("image")) >= 9  # the galaxy and its 8 neighbours, from the real photos
+
+
+def test_uncached_map_is_computed_through_core_with_a_progress_bar(cache, monkeypatch):
+    """When core.mapstore is importable, an uncached map has a Compute button that asks
+    it for the projection (faked here: the projections work lands separately)."""
+    import types
+
+    import numpy as np
+    import pyarrow as pa
+
+    from core import cache as store
+
+    calls = []
+
+    def get_projection(features_key, method, cache=None, params=None, align_to=None, progress=True):
+        calls.append((features_key, method, align_to))
+        run = next(r for r in store.list_runs(cache) if r["key"] == features_key)
+        n = run["rows"]
+        prov = {"kind": "projection", "features_run": features_key, "method": method, "params": {},
+                "aligned_to": align_to, "rows": n, "quality": {"trustworthiness": 0.61}}
+        table = pa.table({"row": pa.array(np.arange(n), pa.int64()), "id": pa.array([f"gal{i:06d}" for i in range(n)]),
+                          "x": pa.array(np.arange(n, dtype=np.float32)), "y": pa.array(np.zeros(n, np.float32))})
+        store.write_parquet(store.path_for(cache, "projections", store.key_of("umap", features_key)), table, prov)
+        return table.to_pandas(), prov
+
+    monkeypatch.setitem(sys.modules, "core.mapstore", types.SimpleNamespace(get_projection=get_projection))
+    at = run_app(query={"projection": "UMAP"})
+    assert "No UMAP map is cached" in texts(at)
+    at.button(key="compute-map").click()
+    ok(at.run())
+    assert len(calls) == 1 and calls[0][1] == "umap" and calls[0][2] is not None  # aligned to the generic run
+    assert len(charts(at)) == 1 and "UMAP map quality" in texts(at)
+    assert any(m.label == "trustworthiness" and m.value == "0.61" for m in at.metric)
+    for p in (cache / "projections").glob("*.parquet"):  # leave the shared fixture as it was
+        if (store.provenance(p) or {}).get("method") == "umap":
+            p.unlink()
