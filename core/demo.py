@@ -84,11 +84,12 @@ def build(cache=None, dataset: str = DATASET, examples: Path | None = EXAMPLES, 
 
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     cache = store.cache_dir(cache)
-    t0 = time.time()
+    t0 = last = time.time()
     timings = {}
 
     def step(name):
-        timings[name] = round(time.time() - t0 - sum(timings.values()), 1)
+        nonlocal last
+        timings[name], last = round(time.time() - last, 1), time.time()
 
     log(f"[1/6] synthetic galaxies: {dataset}")
     ds = open_dataset(dataset)
@@ -149,7 +150,7 @@ def build(cache=None, dataset: str = DATASET, examples: Path | None = EXAMPLES, 
             align = None if name == "generic" else generic_key
             _, prov = get_projection(key, "tsne", cache=cache, align_to=align, progress=progress)
             get_projection(key, "pca", cache=cache, progress=False)
-            quality[(label, name)] = prov.get("quality", {})
+            quality[(label, name)] = {**prov.get("quality", {}), **(prov.get("feature_quality") or {})}
     step("maps")
 
     log("[6/6] done")
@@ -160,7 +161,8 @@ def build(cache=None, dataset: str = DATASET, examples: Path | None = EXAMPLES, 
         summary["results"].append({
             "dataset": label, "checkpoint": f"demo:{name}", "mode": run["mode"], "rows": run["rows"],
             "macro_f1": ev.get("macro_f1"), "accuracy": ev.get("accuracy"), "split": ev.get("split"),
-            "knn_accuracy": q.get("knn_accuracy"), "knn_preservation": q.get("knn_preservation"),
+            "knn_accuracy": q.get("knn_accuracy"), "silhouette": q.get("silhouette"),
+            "knn_preservation": q.get("knn_preservation"),
         })
     _print_summary(summary, log)
     return summary
@@ -172,12 +174,12 @@ def _fmt(v):
 
 def _print_summary(summary: dict, log) -> None:
     log("")
-    log(f"{'data':<10}{'checkpoint':<14}{'mode':<9}{'macro F1':>9}{'accuracy':>10}{'kNN acc':>9}")
+    log(f"{'data':<10}{'checkpoint':<14}{'mode':<9}{'macro F1':>9}{'accuracy':>10}{'kNN acc':>9}{'silhouette':>11}")
     for r in summary["results"]:
         log(f"{r['dataset']:<10}{r['checkpoint']:<14}{r['mode']:<9}{_fmt(r['macro_f1']):>9}"
-            f"{_fmt(r['accuracy']):>10}{_fmt(r['knn_accuracy']):>9}")
+            f"{_fmt(r['accuracy']):>10}{_fmt(r['knn_accuracy']):>9}{_fmt(r['silhouette']):>11}")
     log("macro F1 and accuracy on the synthetic test split (real photos: all 60, approximate labels);")
-    log("kNN acc: 10-nearest-neighbour accuracy in feature space (the generic checkpoint has no head).")
+    log("kNN acc / silhouette: class structure of the feature space itself (the generic checkpoint has no head).")
     log(f"built in {summary['seconds']:.0f} s ({', '.join(f'{k} {v:.0f} s' for k, v in summary['timings'].items())})"
         f" into {summary['cache']}")
     log("next: make serve   (or: streamlit run dashboard/app.py)")

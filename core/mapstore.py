@@ -156,7 +156,12 @@ def get_projection(features_key: str, method: str, cache=None, params=None, alig
         init = _initial_coordinates(rows["id"].to_numpy(), X, reference) if reference is not None else None
         _say(progress, f"{NAMES[method]} of {len(X):,} points" + (f", starting from the map of {align_to}" if align_to else ""))
         start = time.perf_counter()
-        fitted = proj.fit(method, X, init=init, progress=progress, **params)
+        fit_params = dict(params)
+        if method == "tsne" and fit_params.get("perplexity", 30) > (len(X) - 1) / 3:
+            # small sets (e.g. 60 real photos): the largest perplexity t-SNE allows, recorded below
+            fit_params["perplexity"] = max(1.0, float((len(X) - 1) // 3))
+            _say(progress, f"perplexity lowered to {fit_params['perplexity']:g} for {len(X)} points")
+        fitted = proj.fit(method, X, init=init, progress=progress, **fit_params)
         seconds = time.perf_counter() - start
         _say(progress, f"scoring the map and the feature space ({seconds:.1f} s so far)")
         quality_start = time.perf_counter()
@@ -164,6 +169,7 @@ def get_projection(features_key: str, method: str, cache=None, params=None, alig
         feature_quality = _feature_quality(features_key, cache, rows["label"].to_numpy(), X, run)
         prov = {
             "kind": "projection", "features_run": features_key, "method": method, "params": params,
+            "fitted_params": fit_params,
             "aligned_to": align_to or None, "rows": len(X), "map_version": MAP_VERSION,
             "dataset": run.get("dataset"), "model": run.get("model"), "mode": run.get("mode"),
             "pooling": run.get("pooling"), "split": run.get("split"),
@@ -189,7 +195,7 @@ def place_points(features_key: str, method: str, X_new, cache=None, params=None,
     ``core.projection.attach`` for how each method places points."""
     df, prov = get_projection(features_key, method, cache, params, align_to, progress)
     _, X = load_features(features_run(features_key, cache))
-    fitted = proj.attach(method, X, df[["x", "y"]].to_numpy(), **prov["params"])
+    fitted = proj.attach(method, X, df[["x", "y"]].to_numpy(), **prov.get("fitted_params", prov["params"]))
     return fitted.transform(X_new)
 
 
