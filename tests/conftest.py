@@ -28,3 +28,18 @@ def checkpoints(tmp_path_factory):
         out[fam] = make_checkpoint(root, fam)
         out[fam + "-head"] = make_checkpoint(root, fam, num_labels=10)
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_cache(tmp_path_factory):
+    """The real demo, built once per test session into a temp cache by the command users run."""
+    import subprocess
+    import sys
+    import time
+
+    cache = tmp_path_factory.mktemp("demo-cache")
+    t = time.time()
+    r = subprocess.run([sys.executable, "-m", "core", "demo", "--cache", str(cache)], cwd=REPO,
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {"cache": cache, "stdout": r.stdout, "stderr": r.stderr, "seconds": time.time() - t}

@@ -7,6 +7,7 @@ import time
 from functools import partial
 
 import numpy as np
+import pandas as pd
 import streamlit as st
 
 from .. import data as D
@@ -17,6 +18,10 @@ QUALITY_HELP = {
     "knn_preservation": "share of each galaxy's nearest neighbours in feature space that stay its neighbours "
                         "on the map (1 = perfect)",
     "trustworthiness": "how rarely the map puts galaxies together that are far apart in feature space (1 = never)",
+    "knn_accuracy": "share of galaxies whose 10 nearest neighbours in feature space mostly share their class "
+                    "(computed on the features, not the map); low for a class = it is scattered",
+    "silhouette": "how much closer galaxies are to their own class than to the nearest other class "
+                  "(-1 to 1; near 0 or below = classes overlap)",
 }
 
 
@@ -41,14 +46,33 @@ def quality_panel(ctx: Context) -> None:
     st.markdown(f"**{D.METHODS.get(ctx.method, ctx.method)} map quality**")
     quality = prov.get("quality") or {}
     shown = 0
-    for name, value in quality.items():
-        if isinstance(value, (int, float)):
-            st.metric(name.replace("_", " "), f"{value:.2f}", help=QUALITY_HELP.get(name))
+    for name in ("knn_preservation", "trustworthiness"):
+        if isinstance(quality.get(name), (int, float)):
+            st.metric(name.replace("_", " ").replace("knn", "kNN"), f"{quality[name]:.2f}", help=QUALITY_HELP[name])
             shown += 1
     if not shown:
         st.caption("No quality numbers were recorded for this map.")
     if prov.get("aligned_to"):
         st.caption("Aligned to the generic map, so the two can be compared side by side.")
+    features = prov.get("feature_quality") or {}
+    if isinstance(features.get("knn_accuracy"), (int, float)):
+        st.markdown("**Class structure of the features**")
+        st.metric("kNN accuracy", f"{features['knn_accuracy']:.2f}", help=QUALITY_HELP["knn_accuracy"])
+        if isinstance(features.get("silhouette"), (int, float)):
+            st.metric("silhouette", f"{features['silhouette']:.2f}", help=QUALITY_HELP["silhouette"])
+
+
+def per_class_structure(ctx: Context) -> None:
+    """Per class: is it a compact island (high kNN accuracy, positive silhouette) or scattered?"""
+    per_class = pd.DataFrame(((ctx.projection or {}).get("feature_quality") or {}).get("per_class") or [])
+    if not len(per_class):
+        return
+    with st.expander("Which classes form islands, and which scatter? (per class, in feature space)"):
+        table = per_class.set_index("class")[["n", "knn_accuracy", "silhouette"]].rename(
+            columns={"n": "galaxies", "knn_accuracy": "kNN accuracy"}).sort_values("kNN accuracy")
+        st.dataframe(table.style.format({"kNN accuracy": "{:.2f}", "silhouette": "{:.2f}"}), width="stretch")
+        st.caption("Lowest first. A class with low kNN accuracy and a silhouette near or below 0 is scattered "
+                   "among others: in Galaxy10, Disturbed.")
 
 
 # Rough seconds per 1,000 galaxies on 2 CPU cores (DESIGN.md: openTSNE 61 s for 17,736), for the progress bar.
@@ -143,4 +167,5 @@ def map_view(ctx: Context) -> None:
     with right:
         quality_panel(ctx)
         st.metric("galaxies", f"{ctx.data.n:,}")
+    per_class_structure(ctx)
     selection_panel(ctx)
