@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -100,6 +101,20 @@ class AtomicParquetWriter:
             self._writer.add_key_value_metadata({META_KEY: json.dumps(self.provenance, default=str).encode()})
         self._writer.close()
         return self._ctx.__exit__(exc_type, exc, tb)
+
+
+def replace_dir(staging: Path, out: Path) -> Path:
+    """Move a finished folder into place, replacing any old one with two renames, so a
+    reader sees the old folder or the new one, never a half-written one."""
+    staging, out = Path(staging), Path(out)
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}-{time.monotonic_ns()}")
+        os.replace(out, old)
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out)
+    return out
 
 
 def write_parquet(path, table: pa.Table, provenance: dict) -> Path:

@@ -67,9 +67,7 @@ def build_generic(cache, seed: int = 42) -> Path:
     (tmp / "preprocessor_config.json").write_text(json.dumps(proc, indent=1))
     (tmp / "explorer.json").write_text(json.dumps(
         {"mode": "generic", "demo_recipe": RECIPE, "note": STAND_IN_NOTE, "seed": seed}, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    return out
+    return store.replace_dir(tmp, out)
 
 
 def build(cache=None, dataset: str = DATASET, examples: Path | None = EXAMPLES, device: str = "auto",

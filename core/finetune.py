@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import cache as store
 from .errors import UserError
 from .heads import HEADS, build_head, head_spec
 
@@ -413,13 +414,7 @@ def _save(ck, out: Path, provenance: dict, history: list) -> None:
     try:
         ck.save(staging, provenance)
         (staging / "training_log.json").write_text(json.dumps({**provenance, "history": history}, indent=1))
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}-{time.monotonic_ns()}")
-            os.replace(out, old)
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out)
+        store.replace_dir(staging, out)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -266,13 +266,7 @@ class Checkpoint:
                 cfg["label2id"] = {v: int(k) for k, v in (self.id2label or {}).items()}
                 (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
             (tmp / "explorer.json").write_text(json.dumps(provenance or {}, indent=1, default=str))
-            if out_dir.exists():
-                old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-                os.replace(out_dir, old)
-                os.replace(tmp, out_dir)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, out_dir)
+            store.replace_dir(tmp, out_dir)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -8,13 +8,14 @@ without a server or a browser.
 from __future__ import annotations
 
 import io
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+
+from core.evaluation import prediction_mapping  # one definition, shared with `python -m core evaluate`
 
 MODES = ("generic", "head", "full")
 MODE_HELP = {
@@ -169,25 +170,6 @@ class Catalog:
 
 
 # ---------------------------------------------------------------- one run's data
-
-def _norm(name) -> str:
-    return re.sub(r"[^a-z0-9]", "", str(name).lower())
-
-
-def prediction_mapping(class_names, id2label) -> np.ndarray | None:
-    """Head output index -> dataset class index, or None when the head predicts other
-    classes than the dataset's (e.g. a 1000-class ImageNet head)."""
-    k = len(class_names)
-    if not id2label:
-        return np.arange(k)
-    labels = {int(a): b for a, b in id2label.items()}
-    if sorted(labels) != list(range(len(labels))) or len(labels) != k:
-        return None
-    by_name = {_norm(c): j for j, c in enumerate(class_names)}
-    if len(by_name) == k and set(by_name) == {_norm(labels[i]) for i in range(k)}:
-        return np.array([by_name[_norm(labels[i])] for i in range(k)])
-    return np.arange(k)
-
 
 @dataclass
 class RunData:

@@ -1,5 +1,4 @@
 """Checkpoints of all four families, with and without a head, through the real loader."""
-import numpy as np
 import pytest
 import torch
 

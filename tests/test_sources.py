@@ -1,6 +1,4 @@
 """Every dataset source, on fixtures in the real formats."""
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
