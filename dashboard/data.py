@@ -143,6 +143,12 @@ class Catalog:
         same_pool = [r for r in others if r.get("pooling") == run.get("pooling")]
         return (same_pool or others or [None])[0]
 
+    def placeable(self, run: dict) -> list[dict]:
+        """Runs of the same checkpoint on other datasets (e.g. the real photos), whose
+        galaxies can be placed into this run's map."""
+        return [r for r in self.features if r["model"] == run["model"] and r["dataset"] != run["dataset"]
+                and r.get("pooling") == run.get("pooling") and r.get("dim") == run.get("dim")]
+
     def finetuned_for(self, run: dict) -> dict | None:
         """The finetuned run to compare with: this one when finetuned, else full, else head."""
         if run_mode(run) != "generic":

@@ -63,3 +63,26 @@ def test_second_demo_run_is_a_cache_hit(demo_cache):
     after = {p: p.stat().st_mtime_ns for p in demo_cache["cache"].rglob("*") if p.is_file()}
     changed = [p.name for p in before if after.get(p) != before[p]]
     assert changed in ([], ["summary.json"]), changed  # nothing recomputed
+
+
+def test_dashboard_places_the_real_photos_in_the_demo_map(demo_cache, monkeypatch):
+    """On the demo, the synthetic map can show the real DECaLS photos (same checkpoint) as stars."""
+    import json as _json
+
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import EXAMPLES
+
+    if not (EXAMPLES / "labels.csv").is_file():
+        import pytest
+
+        pytest.skip(f"real DECaLS examples not found at {EXAMPLES}")
+    monkeypatch.setenv("EXPLORER_CACHE", str(demo_cache["cache"]))
+    at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=120).run()
+    assert not at.exception
+    at.toggle(key="place_other").set_value(True).run()
+    assert not at.exception and not at.error
+    assert any("Stars: 60 galaxies" in c.value for c in at.caption)
+    fig = _json.loads(at.get("plotly_chart")[0].proto.spec)
+    stars = [t for t in fig["data"] if t.get("marker", {}).get("symbol") == "star"]
+    assert len(stars) == 1 and "true:" in stars[0]["hovertext"][0]

@@ -62,6 +62,57 @@ def quality_panel(ctx: Context) -> None:
             st.metric("silhouette", f"{features['silhouette']:.2f}", help=QUALITY_HELP["silhouette"])
 
 
+@st.cache_data(show_spinner="Placing the galaxies in the map…", max_entries=16)
+def placed(cache: str, features_key: str, method: str, other_key: str, params_json: str, align_to) -> pd.DataFrame:
+    """Another run's galaxies placed into this map without recomputing it (core.mapstore.place_run)."""
+    import json
+
+    from core import cache as store
+    from core import mapstore
+
+    params = json.loads(params_json) or None
+    df = mapstore.place_run(features_key, method, other_key, cache=cache, params=params, align_to=align_to)
+    run = next(r for r in store.list_runs(cache) if r.get("key") == other_key)
+    if run.get("has_head"):
+        df["pred"] = store.read_table(run["path"], columns=["pred"]).column("pred").to_numpy()
+    return df
+
+
+def overlay_other_datasets(ctx: Context, fig) -> None:
+    """Optionally draw another dataset's galaxies (the real DECaLS photos in the demo),
+    run through the same checkpoint, as stars placed into this map."""
+    import json
+
+    import plotly.graph_objects as go
+
+    others = ctx.catalog.placeable(ctx.run) if ctx.projection else []
+    if not others:
+        return
+    other = others[0]
+    name = D.dataset_label(other["dataset"])
+    if not st.toggle(f"Place the {other.get('rows', '')} galaxies of {name} in this map", key="place_other",
+                     help="They went through the same checkpoint; each is placed among the galaxies whose "
+                          "features it resembles, without recomputing the map."):
+        return
+    try:
+        df = placed(str(ctx.cache), ctx.run["key"], ctx.method, other["key"],
+                    json.dumps(ctx.projection.get("params") or {}), ctx.projection.get("aligned_to"))
+    except Exception as e:  # e.g. an older cache without the map; say so and keep the map
+        st.caption(f"Could not place {name}: {type(e).__name__}")
+        log.exception("placing %s failed", other["key"])
+        return
+    names = other.get("class_names") or ctx.data.class_names
+    cls = lambda i: names[i] if 0 <= i < len(names) else "unlabelled"  # noqa: E731
+    text = [f"{gid}<br>true: {cls(int(t))}" + (f"<br>predicted: {cls(int(p))}" if "pred" in df else "")
+            for gid, t, p in zip(df["id"], df["label"], df["pred"] if "pred" in df else df["label"])]
+    fig.add_trace(go.Scattergl(
+        x=df["x"].to_numpy(np.float32), y=df["y"].to_numpy(np.float32), mode="markers", name=f"{name} (placed)",
+        marker=dict(symbol="star", size=13, color="gold", line=dict(color="black", width=1)),
+        hovertext=text, hoverinfo="text"))
+    st.caption(f"Stars: {len(df)} galaxies of {name} placed in this map. Each star sits among the galaxies "
+               "whose features it resembles most.")
+
+
 def per_class_structure(ctx: Context) -> None:
     """Per class: is it a compact island (high kNN accuracy, positive silhouette) or scattered?"""
     per_class = pd.DataFrame(((ctx.projection or {}).get("feature_quality") or {}).get("per_class") or [])
@@ -162,6 +213,7 @@ def map_view(ctx: Context) -> None:
     left, right = st.columns([5, 1])
     with left:
         fig = map_figure(ctx.data, ctx.xy, ctx.colour_by, ctx.highlight, marked_positions(ctx))
+        overlay_other_datasets(ctx, fig)
         st.plotly_chart(fig, key="map_chart", on_select=partial(on_map_select, "map_chart", ctx.dataset),
                         selection_mode=("points", "box", "lasso"), config={"scrollZoom": True, "displaylogo": False})
     with right:
