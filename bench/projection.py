@@ -25,8 +25,6 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core import projection as proj  # noqa: E402
-
 GALAXY10_COUNTS = [1081, 1853, 2645, 2027, 334, 2043, 1829, 2628, 1423, 1873]
 
 
@@ -56,6 +54,8 @@ def timed(fn):
 
 
 def main(argv=None):
+    from core import projection as proj  # here, so clustered_features imports without openTSNE (GPU machine)
+
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=17736)
     ap.add_argument("--dim", type=int, default=768)

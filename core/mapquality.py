@@ -11,18 +11,50 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import UserError
+
 _CHUNK_ELEMENTS = 1 << 24  # distances held at once: 64 MB of float32
 
 
-def _features(X, name="X") -> np.ndarray:
-    from .projection import check_features  # one validation door for the package
+MIN_POINTS = 5
 
+
+class ProjectionError(UserError, ValueError):
+    """Input a map cannot be made from (NaN, too few points, wrong shape); the
+    message says what to do. A ValueError for callers, a one-line CLI error."""
+
+
+def check_features(X, name: str = "X", min_points: int = MIN_POINTS, dim: int | None = None) -> np.ndarray:
+    """Validate an ``(n, d)`` feature matrix and return it as C-contiguous float32."""
+    try:
+        X = np.asarray(X, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ProjectionError(f"{name} must be a numeric (n, d) array of features: {e}") from None
+    if X.ndim != 2:
+        hint = " (one feature per point? use X.reshape(-1, 1))" if X.ndim == 1 else ""
+        raise ProjectionError(f"{name} must be a 2-D (n, d) array of features; got shape {X.shape}{hint}")
+    if X.shape[0] < min_points:
+        raise ProjectionError(f"{name} has {X.shape[0]} points; a map needs at least {min_points}")
+    if X.shape[1] < 1:
+        raise ProjectionError(f"{name} has no feature columns (shape {X.shape})")
+    if dim is not None and X.shape[1] != dim:
+        raise ProjectionError(f"{name} has {X.shape[1]} features per point but the map was fitted on {dim}")
+    bad = ~np.isfinite(X).all(axis=1)
+    if bad.any():
+        rows = np.flatnonzero(bad)
+        raise ProjectionError(
+            f"{name} has {len(rows)} point(s) with NaN or infinite features (first: row {rows[0]}); "
+            "drop or impute them before making a map"
+        )
+    return np.ascontiguousarray(X)
+
+
+
+def _features(X, name="X") -> np.ndarray:
     return check_features(X, name)
 
 
 def _error(message: str) -> Exception:
-    from .projection import ProjectionError
-
     return ProjectionError(message)
 
 
