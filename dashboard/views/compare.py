@@ -48,8 +48,11 @@ def compare_view(ctx: Context) -> None:
             st.plotly_chart(fig, key=key, on_select=partial(on_map_select, key, ctx.dataset),
                             selection_mode=("points", "box", "lasso"), config={"displaylogo": False})
             q = (projection or {}).get("quality") or {}
-            st.caption(" · ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in q.items()
-                                  if isinstance(v, (int, float))) or "no quality numbers recorded")
+            fq = (projection or {}).get("feature_quality") or {}
+            numbers = [("kNN preservation", q.get("knn_preservation")), ("trustworthiness", q.get("trustworthiness")),
+                       ("feature kNN accuracy", fq.get("knn_accuracy")), ("silhouette", fq.get("silhouette"))]
+            st.caption(" · ".join(f"{name} {v:.2f}" for name, v in numbers if isinstance(v, (int, float)))
+                       or "no quality numbers recorded")
             if D.is_random_stand_in(run):
                 st.caption("ℹ️ The offline demo's generic checkpoint is a randomly initialised stand-in, "
                            "not a pretrained model.")
