@@ -75,7 +75,7 @@ def build(cache=None, dataset: str = DATASET, examples: Path | None = EXAMPLES, 
     """Build (or find cached) everything the dashboard shows. Returns a summary dict."""
     import torch
 
-    from .evaluation import evaluate_run, write_summary
+    from .evaluation import evaluate_run, read_predictions, write_summary
     from .features import extract
     from .finetune import finetune
     from .mapstore import get_projection
@@ -132,8 +132,7 @@ def build(cache=None, dataset: str = DATASET, examples: Path | None = EXAMPLES, 
         if out.is_file():
             ev = json.loads(out.read_text())
         else:
-            table = store.read_table(run["path"], columns=["row", "id", "split", "label", "pred", "confidence"])
-            ev = evaluate_run(run, table.to_pandas())
+            ev = evaluate_run(run, read_predictions(run["path"]))
             store.write_json(out, ev)
         scores[(label, name)] = ev
     write_summary(cache)

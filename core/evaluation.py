@@ -381,7 +381,7 @@ def _print_evaluation(ev: dict) -> None:
         print(format_table(pd.DataFrame(ev["top_mistakes"]).head(10)))
 
 
-def _read_predictions(path) -> pd.DataFrame | None:
+def read_predictions(path) -> pd.DataFrame | None:
     """The scoring columns of a features parquet (embeddings stay on disk)."""
     import pyarrow.parquet as pq
 
@@ -406,7 +406,7 @@ def run(args) -> int:
               "(`python -m core finetune`) and extract its features (`python -m core extract`)")
         return 0
     for r in chosen:
-        table = _read_predictions(r["path"])
+        table = read_predictions(r["path"])
         if table is None:
             print(f"skipped {r['key']}: its parquet no longer reads back")
             continue

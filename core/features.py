@@ -171,7 +171,6 @@ def _compute(ds, model_ref, info, path, device, batch_size, cache, progress, com
             ready.put(_DONE)
 
     first_meta = _meta_table(ds, rows[:1])
-    schema = _schema(ck.hidden_size, n_classes, first_meta.schema)
     prov = dict(
         kind="features", format=1, **info, rows=int(len(rows)), has_head=bool(n_classes),
         class_names=list(ds.class_names), id2label={str(k): v for k, v in (ck.id2label or {}).items()},
@@ -193,7 +192,7 @@ def _compute(ds, model_ref, info, path, device, batch_size, cache, progress, com
                 chunk, feats, logits = item
                 feats = feats.float().cpu().numpy()
                 if w is None:  # the embedding width is known for sure only after one batch
-                    s = schema.set(4, pa.field("embedding", pa.list_(pa.float32(), feats.shape[1])))
+                    s = _schema(feats.shape[1], n_classes, first_meta.schema)
                     prov["dim"] = int(feats.shape[1])
                     w = store.AtomicParquetWriter(path, s, prov).__enter__()
                     writer_state["w"] = w

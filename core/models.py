@@ -55,17 +55,10 @@ def resolve(ref: str, cache=None) -> Path:
 
 def _hub_snapshot(model_id: str) -> Path:
     """Local snapshot of a hub model: the HF cache first, then the network (fails fast)."""
-    from huggingface_hub import snapshot_download
+    from .hub import snapshot
 
-    patterns = ["*.json", "*.safetensors"]
     try:
-        return Path(snapshot_download(model_id, allow_patterns=patterns, local_files_only=True))
-    except Exception:
-        pass
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
-    try:
-        return Path(snapshot_download(model_id, allow_patterns=patterns))
+        return snapshot(model_id, ["*.json", "*.safetensors"])
     except Exception as e:
         raise SourceError(
             f"could not reach hf:{model_id} ({type(e).__name__}): with no network, save the model "

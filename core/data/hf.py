@@ -8,7 +8,6 @@ a message saying how to point at a local copy. A local folder may be a
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -54,17 +53,10 @@ def _load_local(path: Path):
 
 
 def _hub_snapshot(name: str) -> Path:
-    from huggingface_hub import snapshot_download
+    from ..hub import snapshot
 
-    patterns = ["*.parquet", "*.json", "README.md"]
     try:
-        return Path(snapshot_download(name, repo_type="dataset", allow_patterns=patterns, local_files_only=True))
-    except Exception:
-        pass
-    os.environ.setdefault("HF_HUB_ETAG_TIMEOUT", "5")
-    os.environ.setdefault("HF_HUB_DOWNLOAD_TIMEOUT", "10")
-    try:
-        return Path(snapshot_download(name, repo_type="dataset", allow_patterns=patterns))
+        return snapshot(name, ["*.parquet", "*.json", "README.md"], repo_type="dataset")
     except Exception as e:
         raise SourceError(
             f"could not reach dataset hf:{name} ({type(e).__name__}): with no network, copy it elsewhere "
