@@ -85,6 +85,29 @@ class Dataset:
         assert out.dtype == np.uint8 and out.ndim == 4 and out.shape[-1] == 3, out.shape
         return out
 
+    def load_batch(self, rows) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+        """(rows that decoded, their uint8 images (b, S, S, 3), skipped [{"file", "reason"}]).
+
+        Extraction calls this: a source whose files can be unreadable (folder:, parquet:)
+        overrides ``_read_one`` so one bad image is skipped and named, not fatal."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if type(self)._read_one is Dataset._read_one:
+            return rows, self.batch(rows), []
+        ok, images, skipped = [], [], []
+        for i in rows:
+            try:
+                images.append(resize_square(self._read_one(int(i)), self.image_size))
+                ok.append(i)
+            except Exception as e:  # PIL and friends raise many types for broken files
+                skipped.append({"file": str(self.ids[i]), "reason": _reason(e)})
+        s = self.image_size
+        out = np.stack(images) if images else np.zeros((0, s, s, 3), np.uint8)
+        return np.asarray(ok, dtype=np.int64), out, skipped
+
+    def _read_one(self, i: int) -> np.ndarray:
+        """One image, uint8 (h, w, 3), for sources that decode file by file."""
+        raise NotImplementedError
+
     def iter_batches(self, rows, batch_size: int):
         """Yield (rows, uint8 batch) chunks; sources read lazily so memory stays bounded."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -104,6 +127,12 @@ class Dataset:
 
     def class_name(self, label: int) -> str:
         return self.class_names[label] if 0 <= label < len(self.class_names) else "unlabelled"
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, FileNotFoundError):
+        return "missing"
+    return f"unreadable ({type(e).__name__})"
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float = 0.2, seed: int = 42) -> np.ndarray:
