@@ -112,7 +112,9 @@ def extract(dataset_ref, model_ref: str, mode: str | None = None, split: str = "
             raise UserError("--shard-rows must be a positive integer")
         sharded = engine == "ray" or len(ds.rows(split)) > shard_rows
         out = path.with_suffix("") if sharded else path
-        job = Job(ds, model_ref, info, out, _pick_device(device), batch_size, cache, compile, sharded, shard_rows)
+        # the Ray engine picks the device from the cluster's resources, not this machine's
+        device = device if engine == "ray" else _pick_device(device)
+        job = Job(ds, model_ref, info, out, device, batch_size, cache, compile, sharded, shard_rows)
         if engine == "ray":
             from .ray_engine import run_on_ray
 

@@ -123,7 +123,7 @@ def list_sharded(features_dir) -> list[dict]:
     for d in sorted(Path(features_dir).glob("*")):
         if not d.is_dir() or d.name.startswith("."):
             continue
-        prov = provenance(d)
+        prov = quick_check(d)  # every part there, footers as the manifest says
         if prov is None or prov.get("kind") != "features":
             continue
         size = sum(p["bytes"] for p in manifest(d)["parts"])

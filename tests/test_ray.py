@@ -76,8 +76,9 @@ def test_bad_image_skipped_and_named_like_in_process(tmp_path, ray_cluster, chec
 
 def test_killed_ray_driver_resumes_with_only_missing_parts(tmp_path, ray_cluster, demo_generic):
     cache = tmp_path / "c"
-    args = [sys.executable, "-m", "core", "extract", "--dataset", SYNTHETIC, "--model", demo_generic,
-            "--engine", "ray", "--address", ray_cluster, "--batch-size", "16", "--shard-rows", "200",
+    dataset = "synthetic:galaxy10?n=600&size=64&seed=7"
+    args = [sys.executable, "-m", "core", "extract", "--dataset", dataset, "--model", demo_generic,
+            "--engine", "ray", "--address", ray_cluster, "--batch-size", "12", "--shard-rows", "60",
             "--cache", str(cache)]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
@@ -94,7 +95,7 @@ def test_killed_ray_driver_resumes_with_only_missing_parts(tmp_path, ray_cluster
     r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"{len(kept)} part(s) already done" in r.stdout
-    assert f"{2000 - 200 * len(kept)} images ->" in r.stdout
+    assert f"{600 - 60 * len(kept)} images ->" in r.stdout
     assert {p: (folder / p).stat().st_mtime_ns for p in kept} == kept
-    local, _, _ = features.extract(SYNTHETIC, demo_generic, cache=tmp_path / "local", **QUIET)
+    local, _, _ = features.extract(dataset, demo_generic, cache=tmp_path / "local", **QUIET)
     assert_same_run(store.read_table(folder), pq.read_table(local))

@@ -23,6 +23,9 @@ class H5Dataset(Dataset):
     path: Path
     _file = None
 
+    def __getstate__(self):  # Ray ships the dataset to its actors; each opens its own handle
+        return {k: v for k, v in self.__dict__.items() if k != "_file"}
+
     def _images(self):
         # One handle per process, opened lazily (h5py handles do not survive fork/pickle).
         if self._file is None:
