@@ -21,6 +21,7 @@ VERBS = {
     "evaluate": "core.evaluation",
     "demo": "core.demo",
     "pretrain": "core.pretrain",
+    "anomalies": "core.anomaly",
 }
 
 
