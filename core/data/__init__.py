@@ -47,9 +47,9 @@ def split_ref(ref: str, kinds=PREFIXES, what: str = "dataset") -> tuple[str, str
 def normalize_ref(ref: str) -> str:
     """The canonical spelling of a reference: local paths made absolute, so the same
     data gets the same name whatever folder a command ran from."""
-    prefix, body, _ = split_ref(ref, kinds=PREFIXES + ("dir", "demo"), what="reference")
+    prefix, body, _ = split_ref(ref, kinds=PREFIXES + ("dir", "demo", "timm"), what="reference")
     query = ref.split("?", 1)[1] if "?" in ref else ""
-    local = prefix in ("h5", "folder", "dir", "fits") or (prefix == "hf" and Path(body).expanduser().exists())
+    local = prefix in ("h5", "folder", "dir", "fits") or (prefix in ("hf", "timm") and Path(body).expanduser().exists())
     if local:
         body = str(Path(body).expanduser().resolve())
     return f"{prefix}:{body}" + (f"?{query}" if query else "")
