@@ -56,8 +56,10 @@ def test_pretrain_writes_a_standard_checkpoint_that_loads_through_dir(tmp_path):
 
     out = pretrain(_dataset(), tmp_path / "ssl", config=TINY, progress=False, log=lambda *_: None, **FAST)
     ck = load_checkpoint(f"dir:{out}")
-    assert ck.family == "dinov2" and not ck.has_head and ck.input_size() == (32, 32)
-    feats, logits = ck.forward(ck.preprocess(torch.from_numpy(_dataset().batch(np.arange(4)))))
+    assert ck.family == "dinov2" and not ck.has_head
+    pixels = ck.preprocess(torch.from_numpy(_dataset().batch(np.arange(4))))
+    assert pixels.shape == (4, 3, 32, 32)
+    feats, logits = ck.forward(pixels)
     assert feats.shape == (4, 32) and logits is None and torch.isfinite(feats).all()
     prov = json.loads((out / "explorer.json").read_text())
     assert prov["mode"] == "generic" and prov["labels_used"] is False and prov["steps"] == 6
