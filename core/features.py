@@ -32,11 +32,12 @@ import pyarrow as pa
 
 from . import __version__
 from . import cache as store
-from . import shards
+from . import layerfeatures, shards
 from .data import normalize_ref, open_dataset
 from .data.base import SourceError
 from .errors import UserError
 from .models import POOLINGS, describe, fingerprint_dir, load_checkpoint, resolve
+from .preprocess import originals_are_batches, stack_originals
 
 MODES = ("generic", "head", "full")
 ENGINES = ("local", "ray")
@@ -81,7 +82,8 @@ def plan(dataset, model_ref: str, pooling: str = "auto", split: str = "all", mod
 def extract(dataset_ref, model_ref: str, mode: str | None = None, split: str = "all", pooling: str = "auto",
             device: str = "auto", batch_size: int | None = None, cache=None, progress: bool = True,
             compile: bool = False, workers: int | None = None, log=print, engine: str = "local",
-            shard_rows: int | None = None, verify: bool = False, ray_options: dict | None = None) -> tuple:
+            shard_rows: int | None = None, verify: bool = False, ray_options: dict | None = None,
+            layers: str | None = None) -> tuple:
     """Compute (or find cached) features. Returns (run path, provenance, was_cached).
 
     ``dataset_ref`` is a reference string or an opened Dataset. A cache hit loads no
@@ -90,21 +92,32 @@ def extract(dataset_ref, model_ref: str, mode: str | None = None, split: str = "
     ``shard_rows`` rows (default ``core.shards.SHARD_ROWS``), and every run of the Ray
     engine, are written sharded: a folder of parts that a killed run resumes.
     ``engine``: "local" (threads in this process) or "ray" (``ray_options``: address,
-    workers, gpus_per_worker, cpus_per_worker; see core.ray_engine).
+    workers, gpus_per_worker, cpus_per_worker; see core.ray_engine). ``layers``
+    ("all", "last", "1,4,9-12"): also store those blocks' pooled features from the
+    same pass (see ``core.layerfeatures``; in-process engine only).
     """
     if engine not in ENGINES:
         raise UserError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     ds = open_dataset(dataset_ref) if isinstance(dataset_ref, str) else dataset_ref
     path, info = plan(ds, model_ref, pooling, split, mode, cache)
     model_ref = info["model"]
-    found = find_cached(path, verify)
-    if found:
+    blocks = layerfeatures.requested(resolve(model_ref, cache), layers, info["family"])
+    if blocks and engine == "ray":
+        raise UserError("--layers works with the in-process engine only: leave out --engine ray")
+
+    def hit():
+        found = find_cached(path, verify)
+        return found if found and (not blocks or layerfeatures.cached(layerfeatures.layers_path(path), blocks)) else None
+
+    if found := hit():
         return (*found, True)
     with store.compute_lock(path):
-        found = find_cached(path, verify)  # someone else may have finished while we waited
-        if found:
+        if found := hit():  # someone else may have finished while we waited
             return (*found, True)
-        if path.exists():
+        old = layerfeatures.cached(layerfeatures.layers_path(path), None)
+        if blocks and old:  # keep the blocks stored before
+            blocks = sorted(set(blocks) | set(old.get("layers", [])))
+        if path.exists() and not cached(path, verify):
             log(f"cached features {path.name} are damaged: recomputing")
             path.unlink()
         shard_rows = shard_rows or shards.SHARD_ROWS
@@ -114,7 +127,7 @@ def extract(dataset_ref, model_ref: str, mode: str | None = None, split: str = "
         out = path.with_suffix("") if sharded else path
         # the Ray engine picks the device from the cluster's resources, not this machine's
         device = device if engine == "ray" else _pick_device(device)
-        job = Job(ds, model_ref, info, out, device, batch_size, cache, compile, sharded, shard_rows)
+        job = Job(ds, model_ref, info, out, device, batch_size, cache, compile, sharded, shard_rows, blocks)
         if engine == "ray":
             from .ray_engine import run_on_ray
 
@@ -184,6 +197,7 @@ class Job:
     compile: bool
     sharded: bool
     shard_rows: int
+    layers: list | None = None  # blocks whose pooled features go to layers/<key>.parquet too
 
     def rows(self) -> np.ndarray:
         return self.ds.rows(self.info["split"])
@@ -211,8 +225,9 @@ class BatchExtractor:
         self.job, self.ds, self.pooling = job, job.ds, job.info["pooling"]
         self.device = job.device
         self.ck = load_checkpoint(job.model_ref, device=self.device, cache=job.cache)
-        if job.compile and self.device == "cuda":
+        if job.compile and self.device == "cuda" and not job.layers:  # layer hooks need the eager module
             self.ck.compile()
+        self.hidden = layerfeatures.HiddenStates(self.ck.backbone).__enter__() if job.layers else None
         self.batch_size = job.batch_size or (256 if self.device == "cuda" else 64)
         job.batch_size = self.batch_size
         self.n_classes = len(self.ck.id2label or {})
@@ -220,13 +235,20 @@ class BatchExtractor:
         self._torch = torch
 
     def load(self, rows) -> tuple[np.ndarray, object, list]:
-        """(rows that decoded, uint8 tensor (b, S, S, 3), pinned on GPU runs; skipped files)."""
-        rows, images, skipped = self.ds.load_batch(rows)
-        t = self._torch.from_numpy(images)
+        """(rows that decoded, their images for the device, skipped files). Images are a
+        uint8 (b, H, W, 3) batch of originals, or float pixel values (b, 3, S, S) when
+        their sizes differ (``core.preprocess``); pinned on GPU runs."""
+        torch = self._torch
+        if originals_are_batches(self.ds):
+            t, skipped = torch.from_numpy(self.ds.batch(rows)), []
+        else:  # decoded one by one: a file that does not decode is skipped and named
+            rows, images, skipped = self.ds.load_images(rows)
+            t = stack_originals(images, self.ck.preprocess) if images else torch.zeros((0, 1, 1, 3), dtype=torch.uint8)
         return rows, (t.pin_memory() if self.device == "cuda" and len(rows) else t), skipped
 
     def forward(self, images) -> tuple:
-        """uint8 (b, S, S, 3) -> (features (b, d), logits (b, C) or None) on the device."""
+        """What ``load`` gave -> (features (b, d), logits (b, C) or None, per-layer pooled
+        features or None) on the device."""
         torch = self._torch
         n = len(images)
         with torch.inference_mode():
@@ -234,10 +256,12 @@ class BatchExtractor:
             short = self.batch_size - n if self.job.compile and self.device == "cuda" else 0
             if short > 0:  # a compiled graph is specialised to the batch shape: pad the last batch
                 x = torch.cat([x, x[:1].expand(short, *x.shape[1:])])
-            feats, logits = self.ck.forward(self.ck.preprocess(x), self.pooling)
+            feats, logits = self.ck.forward(x if x.is_floating_point() else self.ck.preprocess(x), self.pooling)
             if short > 0:
                 feats, logits = feats[:n], None if logits is None else logits[:n]
-        return feats, logits
+            pooled = self.hidden and layerfeatures.pool_layers(self.hidden.pop(), self.job.layers, self.ck.has_cls,
+                                                               self.ck.num_prefix_tokens)
+        return feats, logits, pooled
 
     def schema(self, dim: int) -> pa.Schema:
         return _schema(dim, self.n_classes, self.meta_schema)
@@ -265,7 +289,8 @@ class BatchExtractor:
         rows, images, skipped = self.load(rows)
         if not len(rows):
             return None, skipped
-        return self.table(rows, *self.forward(images)), skipped
+        feats, logits, _ = self.forward(images)
+        return self.table(rows, feats, logits), skipped
 
     def provenance(self) -> dict:
         ck, ds, job = self.ck, self.ds, self.job
@@ -359,6 +384,9 @@ def run_local(job: Job, progress: bool = True, log=print, workers: int | None = 
     writer = RunWriter(job, prov)
     rows = job.rows()
     chunks = [(part, rows[start:stop]) for part, start, stop in writer.todo()]
+    layer_writer = job.layers and layerfeatures.LayerWriter(
+        layerfeatures.layers_path(job.out.with_suffix(".parquet")),  # same key for a sharded run
+        layerfeatures.provenance_for(job.info, job.out.stem, job.layers, ex.ck.family))
     on_gpu = job.device == "cuda"
     workers = workers or (4 if on_gpu else 1)
     ready: queue.Queue = queue.Queue(maxsize=4)
@@ -388,7 +416,9 @@ def run_local(job: Job, progress: bool = True, log=print, workers: int | None = 
     def write():
         try:
             while (item := results.get()) is not _DONE:
-                part, rows, feats, logits, skipped = item
+                part, rows, feats, logits, pooled, skipped = item
+                if pooled:
+                    layer_writer.write(job.ds, rows, pooled)
                 writer.add(part, None if feats is None else ex.table(rows, feats, logits), skipped)
         except BaseException as e:
             errors.append(e)
@@ -404,8 +434,8 @@ def run_local(job: Job, progress: bool = True, log=print, workers: int | None = 
     try:
         while not errors and (item := ready.get()) is not _DONE:
             part, rows, images, skipped = item
-            feats, logits = ex.forward(images) if len(rows) else (None, None)
-            results.put((part, rows, feats, logits, skipped))
+            feats, logits, pooled = ex.forward(images) if len(rows) else (None, None, None)
+            results.put((part, rows, feats, logits, pooled, skipped))
             bar.update(len(rows) + len(skipped))
     except BaseException as e:  # includes KeyboardInterrupt: the temp file must go
         errors.append(e)
@@ -420,7 +450,12 @@ def run_local(job: Job, progress: bool = True, log=print, workers: int | None = 
                 pass
     if errors:
         writer.abort(errors[0])
+        if layer_writer:
+            layer_writer.close(ok=False, exc=errors[0])
         raise errors[0]
+    if layer_writer:
+        layer_writer.close()
+        log(f"{len(job.layers)} {layerfeatures.unit_name(ex.ck.family)}s -> {layer_writer.path}")
     return _finish(writer, prov, t0, t_loaded, n_todo, log, engine="local")
 
 
@@ -478,8 +513,12 @@ def add_parser(sub):
                    "finetune) or full (full finetune); default: what finetune recorded, else generic/full by head")
     p.add_argument("--split", default="all", choices=("all", "train", "test"))
     p.add_argument("--pooling", default="auto", choices=POOLINGS,
-                   help="cls: CLS token (the paper); mean: mean of patch tokens; pooler: pooler_output "
-                   "(SwinV2 has no CLS token); auto: cls where there is one")
+                   help="auto (default): what the family's classifier reads (DINOv2, ViT: CLS after the final "
+                   "LayerNorm, the paper's; BEiT, SwinV2: pooler); cls: CLS token; mean: mean of patch tokens; "
+                   "cls+mean: CLS and mean concatenated (what Dinov2ForImageClassification reads); "
+                   "pooler: pooler_output")
+    p.add_argument("--layers", metavar="all|LIST", help="also store each chosen block's pooled features (CLS "
+                   "and mean of patch tokens; SwinV2: per stage) from the same pass, e.g. all, last, 1,4,9-12")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     p.add_argument("--batch-size", type=int, help="default 256 on GPU, 64 on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; pays off on large sets)")
@@ -508,9 +547,12 @@ def _run(args) -> int:
     path, prov, hit = extract(args.dataset, args.model, mode=args.mode, split=args.split, pooling=args.pooling,
                               device=args.device, batch_size=args.batch_size, cache=args.cache,
                               compile=args.compile, engine=args.engine, shard_rows=args.shard_rows,
-                              verify=args.verify, ray_options=ray_options if args.engine == "ray" else None)
+                              verify=args.verify, ray_options=ray_options if args.engine == "ray" else None,
+                              layers=args.layers)
     if hit:
         print(f"cache hit: {path} ({prov['rows']} rows x {prov['dim']})")
+        if args.layers:
+            print(f"per-layer features: {layerfeatures.layers_path(path)}")
     return 0
 
 

@@ -88,7 +88,7 @@ class _RayExtractor:
         rows, images, skipped = self.ex.load(self.rows[start:stop])
         if len(rows):
             with self.model_lock:
-                feats, logits = self.ex.forward(images)
+                feats, logits, _ = self.ex.forward(images)
             table = self.ex.table(rows, feats, logits)
             self.dim = table.schema.field("embedding").type.list_size
         else:  # nothing decoded: one marker row (row = -1) carries the names of the skipped files

@@ -42,8 +42,8 @@ def test_parquet_catalogue_streams_row_groups_and_skips_bad_images(tmp_path, che
     thumb = ds.image(7)  # one row group (rows 5-9) is read for it, and only that one
     assert thumb.shape == (24, 24, 3) and list(ds._cache) == [(0, 1)]
     assert np.array_equal(thumb, np.asarray(Image.open(io.BytesIO(images[7])).convert("RGB")))
-    rows, batch, skipped = ds.load_batch(np.arange(9, 14))
-    assert rows.tolist() == [9, 10, 12, 13] and batch.shape == (4, 16, 16, 3)
+    rows, images, skipped = ds.load_images(np.arange(9, 14))
+    assert rows.tolist() == [9, 10, 12, 13] and [im.shape for im in images] == [(24, 24, 3)] * 4
     assert skipped == [{"file": "dr8-11", "reason": "unreadable (UnidentifiedImageError)"}]
     path, prov, _ = features.extract(ds, f"dir:{checkpoints['dinov2-head']}", cache=tmp_path / "c", batch_size=4,
                                      **QUIET)

@@ -129,7 +129,7 @@ def test_folder_modes_and_broken_files(tmp_path):
     # opening only stats the files; a file that does not decode is skipped when a batch meets it
     assert list(ds.ids) == files[:5] + ["junk.jpg"]
     assert {s["file"]: s["reason"] for s in ds.skipped} == {"empty.png": "empty file", "gone.png": "missing"}
-    rows, _, skipped = ds.load_batch(np.arange(6))
+    rows, _, skipped = ds.load_images(np.arange(6))
     assert rows.tolist() == [0, 1, 2, 3, 4]
     assert skipped == [{"file": "junk.jpg", "reason": "unreadable (UnidentifiedImageError)"}]
     b = ds.batch(np.arange(5))

@@ -85,28 +85,18 @@ class Dataset:
         assert out.dtype == np.uint8 and out.ndim == 4 and out.shape[-1] == 3, out.shape
         return out
 
-    def load_batch(self, rows) -> tuple[np.ndarray, np.ndarray, list[dict]]:
-        """(rows that decoded, their uint8 images (b, S, S, 3), skipped [{"file", "reason"}]).
-
-        Extraction calls this: a source whose files can be unreadable (folder:, parquet:)
-        overrides ``_read_one`` so one bad image is skipped and named, not fatal."""
-        rows = np.asarray(rows, dtype=np.int64)
-        if type(self)._read_one is Dataset._read_one:
-            return rows, self.batch(rows), []
+    def load_images(self, rows) -> tuple[np.ndarray, list[np.ndarray], list[dict]]:
+        """(rows that decoded, their images at native size uint8 (h, w, 3), skipped
+        [{"file", "reason"}]). Extraction reads file-by-file sources through this, so
+        one bad image mid-stream is skipped and named, not fatal."""
         ok, images, skipped = [], [], []
-        for i in rows:
+        for i in np.asarray(rows, dtype=np.int64):
             try:
-                images.append(resize_square(self._read_one(int(i)), self.image_size))
+                images.append(self.image(int(i)))
                 ok.append(i)
             except Exception as e:  # PIL and friends raise many types for broken files
                 skipped.append({"file": str(self.ids[i]), "reason": _reason(e)})
-        s = self.image_size
-        out = np.stack(images) if images else np.zeros((0, s, s, 3), np.uint8)
-        return np.asarray(ok, dtype=np.int64), out, skipped
-
-    def _read_one(self, i: int) -> np.ndarray:
-        """One image, uint8 (h, w, 3), for sources that decode file by file."""
-        raise NotImplementedError
+        return np.asarray(ok, dtype=np.int64), images, skipped
 
     def iter_batches(self, rows, batch_size: int):
         """Yield (rows, uint8 batch) chunks; sources read lazily so memory stays bounded."""

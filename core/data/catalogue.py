@@ -88,8 +88,6 @@ class CatalogueDataset(Dataset):
         with Image.open(io.BytesIO(value)) as img:
             return to_rgb_uint8(img)
 
-    _read_one = image
-
     def _load(self, rows):
         return np.stack([resize_square(self.image(int(i)), self.image_size) for i in rows])
 

@@ -4,7 +4,7 @@ Any size and mode (grayscale, RGBA, 16-bit, CMYK) becomes uint8 RGB. Images are
 decoded lazily, when a batch or a thumbnail needs them: opening a folder only reads
 labels.csv and stats the files (missing and empty files are skipped and named
 there); a file that does not decode is skipped and named by the extraction that
-meets it (``Dataset.load_batch``); the rest goes on.
+meets it (``Dataset.load_images``); the rest goes on.
 Extra CSV columns become metadata. An optional `split` column is honoured;
 otherwise every image is in the "test" split (these are images to look at, not
 to train on).
@@ -29,11 +29,7 @@ class FolderDataset(Dataset):
 
         with Image.open(self.files[i]) as img:
             img.draft("RGB", (self.image_size * 2, self.image_size * 2))  # fast JPEG downscale
-            if img.width == 0 or img.height == 0:
-                raise ValueError("zero-size image")
             return to_rgb_uint8(img)
-
-    _read_one = _read
 
     def _load(self, rows):
         return np.stack([resize_square(self._read(int(i)), self.image_size) for i in rows])
@@ -42,6 +38,8 @@ class FolderDataset(Dataset):
         from PIL import Image
 
         with Image.open(self.files[int(i)]) as img:
+            if img.width == 0 or img.height == 0:
+                raise ValueError("zero-size image")
             return to_rgb_uint8(img)
 
 

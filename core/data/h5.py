@@ -22,6 +22,7 @@ META_FIELDS = ("ra", "dec", "redshift", "pxscale")
 class H5Dataset(Dataset):
     path: Path
     _file = None
+    batches_are_originals = True  # every image is stored at image_size: batches need no resampling
 
     def __getstate__(self):  # Ray ships the dataset to its actors; each opens its own handle
         return {k: v for k, v in self.__dict__.items() if k != "_file"}
