@@ -19,7 +19,6 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from . import cache as store
@@ -94,13 +93,17 @@ def verify(folder) -> str | None:
 
 
 def _format(check_pages: bool):
+    import pyarrow.dataset as pads  # imported when a sharded run is read: it costs a second
+
     return pads.ParquetFileFormat(
         default_fragment_scan_options=pads.ParquetFragmentScanOptions(page_checksum_verification=check_pages))
 
 
-def dataset(folder, check_pages: bool = False) -> pads.Dataset:
+def dataset(folder, check_pages: bool = False):
     """A pyarrow dataset over a complete run's parts, in row order (for streaming readers:
     ``dataset(f).to_batches(columns=[...])``)."""
+    import pyarrow.dataset as pads
+
     files = parts(folder)
     if not files:
         raise FileNotFoundError(f"{folder} is not a complete sharded run (no {MANIFEST})")
