@@ -345,7 +345,7 @@ def add_parser(sub):
 
 
 def _select(runs, args) -> list[dict]:
-    features = [r for r in runs if r["kind"] in ("feature", "features")]  # list_runs says "feature"
+    features = [r for r in runs if r["kind"] == "features"]
     if args.run:
         hit = [r for r in features if r["key"] == args.run]
         if not hit:

@@ -167,9 +167,8 @@ class Checkpoint:
         if p.get("do_resize", True):
             size = _hw(p.get("size"), None)
             h, w = x.shape[-2:]
-            if isinstance(size, int):
-                s = size / min(h, w)
-                size = (max(size, round(h * s)), max(size, round(w * s)))
+            if isinstance(size, int):  # shortest edge; the long one truncated, as HF's processors do
+                size = (max(size, int(size * h / min(h, w))), max(size, int(size * w / min(h, w))))
             if tuple(size) != (h, w):
                 mode = "bicubic" if p.get("resample", 3) == 3 else "bilinear"
                 x = F.interpolate(x, size=tuple(size), mode=mode, antialias=True, align_corners=False)
