@@ -45,6 +45,7 @@ def _foreign_head_checkpoint(root):
     return path
 
 
+@pytest.mark.slow
 def test_generic_checkpoint_with_a_head_is_extracted_but_never_scored(tmp_path, capsys):
     h5 = write_galaxy10_h5(tmp_path / "g10.h5", n=30)
     ckpt = _foreign_head_checkpoint(tmp_path)
@@ -62,6 +63,7 @@ def test_generic_checkpoint_with_a_head_is_extracted_but_never_scored(tmp_path, 
                  "--cache", cache]) == 2
 
 
+@pytest.mark.slow
 def test_external_finetunes_pair_with_their_base_and_state_their_leakage(tmp_path, capsys):
     h5 = write_galaxy10_h5(tmp_path / "g10.h5", n=40)
     cache = str(tmp_path / "cache")
@@ -108,6 +110,7 @@ def test_leakage_statements():
     assert training_data("hf:facebook/dinov2-base", {}) is None
 
 
+@pytest.mark.slow
 def test_references_match_however_they_are_spelled(tmp_path, monkeypatch):
     """`project --dataset synthetic:galaxy10 --model demo:full` (the verb's own example)
     finds the run the cache recorded under the canonical spellings."""
