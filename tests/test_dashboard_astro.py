@@ -142,7 +142,7 @@ def test_upload_finds_the_same_galaxy_in_both_spaces(sky_cache):
     first_cards = [c.value for c in at.caption if "similarity" in str(c.value) and "**g10-" in str(c.value)]
     assert len(first_cards) >= 3
     # itself, with similarity 1, in each of the three spaces (DINOv2 generic, full, and ViT on one screen)
-    assert sum("**g10-00007**" in c and "**similarity 1.000**" in c for c in first_cards) == 3
+    assert sum("**g10-00007**" in c and "**similarity 1.0000**" in c for c in first_cards) == 3
     assert any("Least similar" in e.label for e in at.expander)
     at.file_uploader(key="find_upload").set_value(("broken.png", b"not an image", "image/png"))
     at.run()

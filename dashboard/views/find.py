@@ -148,9 +148,9 @@ def similar_to_upload(ctx: Context, run: dict, content: bytes, name: str, digest
     labels = data.frame["true"].to_numpy()
     st.caption(f"Most similar: {pd.Series(labels[top]).value_counts().idxmax()} "
                f"({(labels[top] == pd.Series(labels[top]).value_counts().idxmax()).sum()} of {len(top)}); "
-               f"cosine similarity {sim[top].min():.3f}–{sim[top].max():.3f}.")
+               f"cosine similarity {sim[top].min():.4f}–{sim[top].max():.4f}.")
     gallery(ctx, top, key=f"up-top-{run['key']}", data=data, columns=4, limit=k,
-            notes=[f"**similarity {sim[p]:.3f}**" for p in top])
+            notes=[f"**similarity {sim[p]:.4f}**" for p in top])
     with st.expander(f"Least similar ({k})"):
         gallery(ctx, bottom, key=f"up-bottom-{run['key']}", data=data, columns=4, limit=k,
-                notes=[f"similarity {sim[p]:.3f}" for p in bottom], neighbours_button=False)
+                notes=[f"similarity {sim[p]:.4f}" for p in bottom], neighbours_button=False)
