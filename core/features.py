@@ -32,6 +32,7 @@ from .data import normalize_ref, open_dataset
 from .data.base import SourceError
 from .errors import UserError
 from .models import POOLINGS, describe, fingerprint_dir, load_checkpoint, resolve
+from .preprocess import load_batch
 
 MODES = ("generic", "head", "full")
 _DONE = object()
@@ -163,8 +164,8 @@ def _compute(ds, model_ref, info, path, device, batch_size, cache, progress, com
 
     workers = workers or (4 if on_gpu else 1)
 
-    def load(chunk):
-        t = torch.from_numpy(ds.batch(chunk))
+    def load(chunk):  # each image resampled once, from its original size (core.preprocess)
+        t = load_batch(ds, chunk, ck.preprocess)
         return chunk, (t.pin_memory() if on_gpu else t)
 
     def read():
@@ -248,7 +249,7 @@ def _compute(ds, model_ref, info, path, device, batch_size, cache, progress, com
                 short = batch_size - len(chunk) if compile else 0
                 if short:  # a compiled graph is specialised to the batch shape: pad the last batch
                     x = torch.cat([x, x[:1].expand(short, *x.shape[1:])])
-                feats, logits = ck.forward(ck.preprocess(x), info["pooling"])
+                feats, logits = ck.forward(x if x.is_floating_point() else ck.preprocess(x), info["pooling"])
                 if short:
                     feats, logits = feats[: len(chunk)], None if logits is None else logits[: len(chunk)]
                 pooled = hidden and layerfeatures.pool_layers(hidden.pop(), layers, ck.has_cls, ck.num_prefix_tokens)
@@ -315,8 +316,10 @@ def add_parser(sub):
                    "finetune) or full (full finetune); default: what finetune recorded, else generic/full by head")
     p.add_argument("--split", default="all", choices=("all", "train", "test"))
     p.add_argument("--pooling", default="auto", choices=POOLINGS,
-                   help="cls: CLS token (the paper); mean: mean of patch tokens; pooler: pooler_output "
-                   "(SwinV2 has no CLS token); auto: cls where there is one")
+                   help="auto (default): what the family's classifier reads (DINOv2, ViT: CLS after the final "
+                   "LayerNorm, the paper's; BEiT, SwinV2: pooler); cls: CLS token; mean: mean of patch tokens; "
+                   "cls+mean: CLS and mean concatenated (what Dinov2ForImageClassification reads); "
+                   "pooler: pooler_output")
     p.add_argument("--layers", metavar="all|LIST", help="also store each chosen block's pooled features (CLS "
                    "and mean of patch tokens; SwinV2: per stage) from the same pass, e.g. all, last, 1,4,9-12")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
