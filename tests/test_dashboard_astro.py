@@ -38,8 +38,10 @@ def sky_cache(tmp_path_factory, checkpoints):
     _, generic, _ = extract(f"h5:{h5}", f"dir:{checkpoints['dinov2']}", mode="generic", **quiet)
     _, full, _ = extract(f"h5:{h5}", f"dir:{checkpoints['dinov2-head']}", mode="full", **quiet)
     extract("synthetic:galaxy10?n=40&size=32", f"dir:{checkpoints['dinov2']}", mode="generic", **quiet)
-    runs = {r["mode"] + ("-synthetic" if r["dataset"].startswith("synthetic") else ""): r
+    extract(f"h5:{h5}", f"dir:{checkpoints['vit']}", mode="generic", **quiet)  # another encoder, same galaxies
+    runs = {r["mode"] + ("-synthetic" if r["dataset"].startswith("synthetic") else "") + f"-{r['family']}": r
             for r in __import__("core.cache", fromlist=["x"]).list_runs(cache) if r["kind"] == "features"}
+    runs = {k.replace("-dinov2", ""): v for k, v in runs.items()}
     for key in ("generic", "generic-synthetic"):
         mapstore.get_projection(runs[key]["key"], "tsne", cache=cache, progress=False)
     mapstore.get_projection(runs["full"]["key"], "tsne", cache=cache, align_to=runs["generic"]["key"], progress=False)
@@ -50,7 +52,7 @@ def sky_cache(tmp_path_factory, checkpoints):
 
 def app(query=None, state=None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=120)
-    for k, v in (query or {}).items():
+    for k, v in {"model": "DINOv2 · hidden 32", **(query or {})}.items():  # the ViT run is a second model
         at.query_params[k] = v
     for k, v in (state or {}).items():
         at.session_state[k] = v
@@ -140,10 +142,11 @@ def test_upload_finds_the_same_galaxy_in_both_spaces(sky_cache):
     at.file_uploader(key="find_upload").set_value(("mine.png", png(sky_cache["images"][7]), "image/png"))
     at = ok(at.run())
     md = texts(at)
-    assert "**generic**" in md and "**full finetune**" in md
+    assert "**generic** · DINOv2" in md and "**full finetune** · DINOv2" in md and "**generic** · ViT" in md
     first_cards = [c.value for c in at.caption if "similarity" in str(c.value) and "**g10-" in str(c.value)]
-    assert len(first_cards) >= 2
-    assert sum("**g10-00007**" in c and "**similarity 1.000**" in c for c in first_cards) == 2  # itself, first, twice
+    assert len(first_cards) >= 3
+    # itself, with similarity 1, in each of the three spaces (DINOv2 generic, full, and ViT on one screen)
+    assert sum("**g10-00007**" in c and "**similarity 1.0000**" in c for c in first_cards) == 3
     assert any("Least similar" in e.label for e in at.expander)
     at.file_uploader(key="find_upload").set_value(("broken.png", b"not an image", "image/png"))
     at.run()
