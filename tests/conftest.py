@@ -51,6 +51,15 @@ def checkpoints(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def dashboard_cache(tmp_path_factory):
+    """The dashboard tests' cache (tests.dashboard_fixtures.build_cache, 300 galaxies), built once.
+    Tests that add to it remove what they added."""
+    from tests.dashboard_fixtures import build_cache
+
+    return build_cache(tmp_path_factory.mktemp("dashboard"), n=300)
+
+
+@pytest.fixture(scope="session")
 def demo_cache(tmp_path_factory):
     """The real demo, built once per test session into a temp cache by the command users run."""
     import subprocess

@@ -90,6 +90,7 @@ def test_hover_shows_degrees_sexagesimal_and_redshift(sky_cache):
     assert np.allclose(np.asarray(custom)[i][2:5], [RA7, DEC7, Z7], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_cards_show_position_redshift_and_links_with_the_chosen_layer(sky_cache):
     at = app(state={"view": "Neighbours", "galaxy": "g10-00007"})
     text = captions(at)
@@ -106,6 +107,7 @@ def test_cards_show_position_redshift_and_links_with_the_chosen_layer(sky_cache)
     assert "layer=ls-dr9" in captions(shared)  # the layer travels in a shared link
 
 
+@pytest.mark.slow
 def test_selection_csv_carries_ra_dec_redshift_and_link(sky_cache):
     import pandas as pd
 
@@ -120,6 +122,7 @@ def test_selection_csv_carries_ra_dec_redshift_and_link(sky_cache):
     assert row["legacy_survey_url"].endswith("ra=150.11960&dec=2.20580&layer=ls-dr9&zoom=14")
 
 
+@pytest.mark.slow
 def test_find_by_id_and_by_position_with_separation_and_warning(sky_cache):
     at = app(state={"view": "Find", "find_by": "id", "find_id": "00007"})
     assert "**g10-00007**" in captions(at)
@@ -135,6 +138,7 @@ def test_find_by_id_and_by_position_with_separation_and_warning(sky_cache):
     assert not at.exception and [e.value for e in at.error] == ["Dec 95 is outside [-90, 90] degrees"]
 
 
+@pytest.mark.slow
 def test_upload_finds_the_same_galaxy_in_both_spaces(sky_cache):
     at = app(state={"view": "Find", "find_by": "image"})
     at.file_uploader(key="find_upload").set_value(("mine.png", png(sky_cache["images"][7]), "image/png"))
@@ -151,6 +155,7 @@ def test_upload_finds_the_same_galaxy_in_both_spaces(sky_cache):
     assert not at.exception and at.error and "not an image this app can read" in at.error[0].value
 
 
+@pytest.mark.slow
 def test_unusual_gallery_ranks_by_score_and_colour_by_score(sky_cache):
     from core import anomaly
 
@@ -174,6 +179,7 @@ def test_unusual_gallery_ranks_by_score_and_colour_by_score(sky_cache):
     assert any(t.get("marker", {}).get("showscale") for t in spec["data"])
 
 
+@pytest.mark.slow
 def test_no_positions_means_no_sky_features(sky_cache):
     at = app(query={"dataset": "galaxy10 (synthetic)"}, state={"view": "Find", "find_by": "position"})
     assert "has no sky positions" in texts(at)
