@@ -33,6 +33,7 @@ def test_read_png_and_fits_cube_and_errors():
     assert content_hash(b"abc") == content_hash(b"abc") != content_hash(b"abd")
 
 
+@pytest.mark.slow
 def test_embed_matches_extract(tmp_path, checkpoints):
     from core import cache as store
     from core.data import open_dataset
