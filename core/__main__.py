@@ -38,13 +38,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for verb, module in VERBS.items():
         if only in VERBS and verb != only:
             continue
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name == module:  # verb not built yet
-                continue
-            raise
-        mod.add_parser(sub)
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 

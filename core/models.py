@@ -242,8 +242,10 @@ def describe(path: Path) -> dict:
     family = raw.get("model_type", "unknown")
     arch = (raw.get("architectures") or [""])[0]
     has_head = arch.endswith("ForImageClassification") or "explorer_head" in raw
+    recorded = recorded_provenance(path)
     return {"family": family, "has_head": has_head, "default_pooling": default_pooling(family),
-            "mode": recorded_provenance(path).get("mode")}
+            "id2label": raw.get("id2label") if has_head else None, "mode": recorded.get("mode"),
+            "base_model": recorded.get("base_model"), "recorded": recorded}
 
 
 def _load_model(cls, path: Path, **kw):
