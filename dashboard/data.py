@@ -428,6 +428,15 @@ def row_norms(X: np.ndarray) -> np.ndarray:
     return np.maximum(np.linalg.norm(X, axis=1), 1e-12).astype(np.float32)
 
 
+GPU_NEIGHBOURS_FROM = 200_000
+
+
+def _gpu() -> bool:
+    from core.knn import knn_gpu_ready
+
+    return knn_gpu_ready()
+
+
 def knn(X: np.ndarray, i: int, k: int = 8, metric: str = "cosine", norms: np.ndarray | None = None):
     """The k nearest rows of X (n, d) to row i, itself excluded: (positions, distances).
 
@@ -438,6 +447,10 @@ def knn(X: np.ndarray, i: int, k: int = 8, metric: str = "cosine", norms: np.nda
     if metric not in ("cosine", "euclidean"):
         raise ValueError(f"metric must be cosine or euclidean, not {metric!r}")
     n = len(X)
+    if n >= GPU_NEIGHBOURS_FROM and _gpu():  # at scale: X stays on the GPU between clicks
+        from core.knn import nearest_rows
+
+        return nearest_rows(X, i, k, metric)
     k = max(0, min(int(k), n - 1))
     if k == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.float32)
