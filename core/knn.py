@@ -141,9 +141,9 @@ def _knn_numpy(X, k, queries=None):
     n, k = len(X), int(k)
     if not 0 < k <= n - self_query:
         raise ValueError(f"k={k} neighbours asked among {n} points")
-    centre = X.mean(axis=0, dtype=np.float64).astype(np.float32)  # smaller norms, less cancellation
-    X = X - centre
-    Q = X if self_query else np.ascontiguousarray(queries, dtype=np.float32) - centre
+    # not centred (unlike the torch path): bit-identical to the exact_knn that made the
+    # maps already cached (UMAP's layout follows float32 rounding of its neighbour distances)
+    Q = X if self_query else np.ascontiguousarray(queries, dtype=np.float32)
     m = len(Q)
     x_norms = np.einsum("ij,ij->i", X, X)
     idx = np.empty((m, k), dtype=np.int64)
