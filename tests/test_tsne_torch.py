@@ -33,6 +33,7 @@ def brute_knn(X, k, Q=None):
 # ---------------------------------------------------------------- kNN
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16", "tf32"])
 def test_knn_is_exact_at_every_precision(precision):
     # far from the origin, so bf16 products alone would misorder neighbours: the
@@ -75,6 +76,7 @@ def test_knn_errors_say_what_is_wrong():
 # ---------------------------------------------------------------- the pieces against openTSNE
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spread", [3.0, 38.0])  # a 50-box grid, and a 231-box one
 def test_repulsion_is_openTSNE_fft_gradient(spread):
     from openTSNE import _tsne
@@ -104,6 +106,7 @@ def test_grid_size_follows_the_map():
     assert tsne_torch.n_boxes(1000.2) == 1000
 
 
+@pytest.mark.slow
 def test_affinities_are_openTSNE_affinities():
     from openTSNE.affinity import PerplexityBasedNN
 
@@ -159,7 +162,8 @@ def five_thousand():
     return X, aff.P, theirs, ours, kl
 
 
-@pytest.mark.timeout(1800)  # ~30 s on 2 idle cores; minutes on a busy shared machine
+@pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~30 s on 2 idle cores; 10+ minutes on a busy shared machine
 def test_same_quality_as_openTSNE_on_5000_points(five_thousand):
     X, P, theirs, ours, kl = five_thousand
     q_ours, q_theirs = proj.map_quality(X, ours), proj.map_quality(X, theirs)
@@ -196,6 +200,7 @@ def torch_map():
     return X, labels, proj.fit_tsne(X, device="cpu", implementation="torch")
 
 
+@pytest.mark.slow
 def test_torch_map_places_new_points_and_aligns(torch_map):
     X, labels, m = torch_map
     assert m.implementation.startswith("torch") and m.embedding.shape == (len(X), 2)
@@ -212,6 +217,7 @@ def test_torch_map_places_new_points_and_aligns(torch_map):
         assert np.corrcoef(again[:, a], m.embedding[:, a])[0, 1] > 0.98
 
 
+@pytest.mark.slow
 def test_cached_map_says_which_implementation_made_it(tmp_path, torch_map, monkeypatch):
     X, labels, _ = torch_map
     small = write_features(tmp_path, X[:200], labels[:200], dataset="synthetic:small")
