@@ -147,3 +147,40 @@ def test_dashboard_shows_no_scores_for_a_generic_run_with_a_head():
     assert "predicted" not in data.frame.columns
     tuned = build_run_data({**run, "mode": "full", "id2label": None}, table)
     assert tuned.has_predictions and tuned.frame["correct"].tolist() == [False, True]
+
+
+def test_h5_takes_the_paper_split_from_the_hf_dataset(tmp_path, monkeypatch):
+    """`h5:FILE?split_from=hf:DIR`: the same galaxies, matched by pixels (re-encoded
+    with small differences), get the HF dataset's split, not the h5 seeded split."""
+    import datasets
+    import h5py
+    import numpy as np
+    from PIL import Image
+
+    from core.data import open_dataset
+    from core.data.base import SourceError
+
+    monkeypatch.setenv("EXPLORER_CACHE", str(tmp_path / "cache"))
+    h5 = write_galaxy10_h5(tmp_path / "g10.h5", n=40)
+    with h5py.File(h5) as f:
+        images, labels = f["images"][:], f["ans"][:]
+    rng = np.random.default_rng(3)
+    order = rng.permutation(40)
+    test_rows = set(order[:9].tolist())  # the HF split: rows in a shuffled order, 9 in test
+    noisy = np.clip(images.astype(int) + rng.integers(-2, 3, images.shape), 0, 255).astype(np.uint8)
+
+    def part(rows):
+        return datasets.Dataset.from_dict({"image": [Image.fromarray(noisy[i]) for i in rows],
+                                           "label": [int(labels[i]) for i in rows]})
+
+    datasets.DatasetDict({"train": part([i for i in order if i not in test_rows]),
+                          "test": part(sorted(test_rows))}).save_to_disk(tmp_path / "hf")
+    own = open_dataset(f"h5:{h5}")
+    paper = open_dataset(f"h5:{h5}?split_from=hf:{tmp_path / 'hf'}")
+    assert set(np.flatnonzero(paper.splits == "test").tolist()) == test_rows
+    assert set(np.flatnonzero(own.splits == "test").tolist()) != test_rows
+    assert paper.fingerprint != own.fingerprint
+    assert list((tmp_path / "cache" / "splits").glob("*.npy"))  # the next open reads the match
+    other = write_galaxy10_h5(tmp_path / "other.h5", n=40, seed=7)
+    with pytest.raises(SourceError, match="no match"):
+        open_dataset(f"h5:{other}?split_from=hf:{tmp_path / 'hf'}")
