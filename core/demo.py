@@ -152,6 +152,7 @@ def build(cache=None, dataset: str = DATASET, examples: Path | None = EXAMPLES, 
 
     from .layers import layer_cka, layer_scores  # per-block separability and CKA for the Layers view
 
+    log("      per-block probe, kNN and CKA scores for the Layers view")
     for name in ("generic", "head", "full"):
         layer_scores(runs[("synthetic", name)]["key"], cache, progress=False)
         if name != "generic":

@@ -31,7 +31,7 @@ from .errors import UserError
 from .evaluation import classification_report
 
 # Bump when a change here changes the numbers: old cached analyses then miss.
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2
 MAX_CKA_POINTS = 5000
 
 
@@ -104,11 +104,12 @@ def fit_logistic(X, y, C: float = 1.0, max_iter: int = 1000, tol: float = 1e-7):
     return res.x[: d * K].reshape(d, K), res.x[d * K:]
 
 
-def linear_probe(X_train, y_train, X_test, y_test, C: float = 1.0) -> dict:
-    """Standardised linear probe: ``{"macro_f1", "accuracy", "pred"}`` on the test galaxies."""
+def linear_probe(X_train, y_train, X_test, y_test, C: float = 1.0, max_iter: int = 100) -> dict:
+    """Standardised linear probe: ``{"macro_f1", "accuracy", "pred"}`` on the test galaxies.
+    ``max_iter`` 100 as sklearn's LogisticRegression default."""
     A, B = standardise(_check(X_train, "X_train"), _check(X_test, "X_test"))
     y_train, y_test = np.asarray(y_train, np.int64), np.asarray(y_test, np.int64)
-    W, b = fit_logistic(A, y_train, C=C)
+    W, b = fit_logistic(A, y_train, C=C, max_iter=max_iter)
     pred = (B @ W + b).argmax(1)
     n_classes = int(max(y_train.max(), y_test.max(), pred.max())) + 1
     report = classification_report(y_test, pred, [str(i) for i in range(n_classes)])
@@ -235,7 +236,8 @@ def layer_scores(features_key: str, cache=None, k: int = 10, C: float = 1.0, pro
         start = time.perf_counter()
         result = {"kind": "layer-scores", "features_run": features_key, "model": run.get("model"),
                   "mode": run.get("mode"), "dataset": run.get("dataset"), "unit": run.get("unit", "block"),
-                  "layers": run.get("layers"), "k": k, "C": C, "scores": [], "version": ANALYSIS_VERSION}
+                  "layers": run.get("layers"), "k": k, "C": C, "max_iter": 100, "scores": [],
+                  "version": ANALYSIS_VERSION}
         jobs = [(layer, kind) for layer in run["layers"] for kind in run.get("kinds", lf.KINDS)]
         for layer, kind in tqdm(jobs, desc=f"layer scores {features_key}", disable=not progress, file=sys.stderr):
             _, labels, splits, X = lf.read_layer(run["path"], layer, kind)
