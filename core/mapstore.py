@@ -38,8 +38,7 @@ def _say(progress: bool, message: str):
 
 
 def _features_runs(cache) -> list[dict]:
-    # list_runs said kind "feature" before the cache fix on main (81f9942), "features" since
-    return [r for r in store.list_runs(cache) if r.get("kind") in ("features", "feature")]
+    return [r for r in store.list_runs(cache) if r["kind"] == "features"]
 
 
 def features_run(features_key: str, cache=None) -> dict:
@@ -56,6 +55,9 @@ def features_run(features_key: str, cache=None) -> dict:
 def find_features(dataset: str, model: str, cache=None) -> dict:
     """The features run of ``dataset`` x ``model``; with several (poolings,
     splits) the one with split "all" and pooling "cls", else a UserError listing them."""
+    from .data import canonical_ref
+
+    dataset, model = canonical_ref(dataset), canonical_ref(model)
     runs = [r for r in _features_runs(cache) if r.get("dataset") == dataset and r.get("model") == model]
     if not runs:
         raise UserError(
