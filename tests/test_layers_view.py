@@ -99,8 +99,6 @@ def test_demo_layers_view_and_attention_overlays(demo_cache, monkeypatch):
     at = ok(at.run())
     text = texts(at)
     assert "Where the models look" in text
-    captions = [c.value for c in at.caption]
-    images = at.get("imgs")
-    assert sum("last block, mean of heads" in str(i.proto) for i in images) == 2, captions
-    assert sum("input (64 px)" in str(i.proto) for i in images) == 2
-    assert len(list((demo_cache["cache"] / "attention").glob("*.npz"))) == 2
+    assert "No attention map" not in text  # both demo checkpoints have a CLS token: both maps drawn
+    assert "Random-init stand-in: its attention is not learned." in text
+    assert len(list((demo_cache["cache"] / "attention").glob("*.npz"))) == 2  # generic + full, cached
