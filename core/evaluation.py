@@ -210,6 +210,15 @@ def row_norms(X) -> np.ndarray:
     return norms
 
 
+GPU_NEIGHBOURS_FROM = 200_000  # galaxies from which one query is answered on a GPU (when there is one)
+
+
+def _gpu() -> bool:
+    from .knn import knn_gpu_ready
+
+    return knn_gpu_ready()
+
+
 def knn_neighbours(X, i, k: int = 10, metric: str = "cosine", norms=None):
     """The k nearest rows of ``X`` (n, d) to row(s) ``i``, excluding the row itself.
 
@@ -226,6 +235,11 @@ def knn_neighbours(X, i, k: int = 10, metric: str = "cosine", norms=None):
     single = np.ndim(i) == 0
     q_idx = np.atleast_1d(np.asarray(i, dtype=np.int64))
     n = len(X)
+    if single and n >= GPU_NEIGHBOURS_FROM and _gpu():  # at scale: X stays on the GPU between clicks
+        from .knn import nearest_rows
+
+        idx, dist = nearest_rows(X, int(i), k, metric)
+        return idx, dist.astype(np.float64)
     k = min(int(k), n - 1)
     if k <= 0:
         empty = np.zeros((len(q_idx), 0))

@@ -37,8 +37,6 @@ from .data.base import SourceError
 from .pooling import NO_CLS, POOLINGS, classifier_pooling, default_pooling, pool  # noqa: F401  (POOLINGS: CLI)
 from .preprocess import Preprocessor, processor_config
 
-FAMILIES = ("dinov2", "vit", "beit", "swinv2")
-
 
 def resolve(ref: str, cache=None) -> Path:
     """Turn a checkpoint reference into a local folder, or raise SourceError saying what to do."""
