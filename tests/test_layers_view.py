@@ -102,3 +102,16 @@ def test_demo_layers_view_and_attention_overlays(demo_cache, monkeypatch):
     assert "No attention map" not in text  # both demo checkpoints have a CLS token: both maps drawn
     assert "Random-init stand-in: its attention is not learned." in text
     assert len(list((demo_cache["cache"] / "attention").glob("*.npz"))) == 2  # generic + full, cached
+
+
+def test_demo_confusion_cell_shows_attention_behind_a_toggle(demo_cache, monkeypatch):
+    monkeypatch.setenv("EXPLORER_CACHE", str(demo_cache["cache"]))
+    at = AppTest.from_file(APP, default_timeout=180)
+    at.query_params.update(view="Confusion", cell_true="Unbarred Tight Spiral", cell_pred="Unbarred Loose Spiral")
+    at = ok(at.run())
+    assert "Where the models look" not in texts(at)  # off until asked: the page stays quick
+    at.toggle(key="cell_attention").set_value(True)
+    at = ok(at.run())
+    chosen = at.selectbox(key="cell_attention_galaxy").value
+    assert chosen.startswith("syn-")
+    assert "Where the models look" in texts(at) and "No attention map" not in texts(at)
