@@ -32,9 +32,9 @@ from .data import normalize_ref, open_dataset
 from .data.base import SourceError
 from .errors import UserError
 from .models import POOLINGS, describe, fingerprint_dir, load_checkpoint, resolve
+from .modes import MODES, resolve_mode, training_data
 from .preprocess import load_batch
 
-MODES = ("generic", "head", "full")
 _DONE = object()
 
 
@@ -48,10 +48,12 @@ def _pick_device(device: str) -> str:
     return device
 
 
-def plan(dataset, model_ref: str, pooling: str = "auto", split: str = "all", mode: str | None = None, cache=None):
+def plan(dataset, model_ref: str, pooling: str = "auto", split: str = "all", mode: str | None = None, cache=None,
+         base_model: str | None = None):
     """Everything that identifies a features file, without loading the model.
 
-    Returns (path, info) where info holds the fingerprints, resolved pooling and mode.
+    Returns (path, info) where info holds the fingerprints, resolved pooling and mode
+    (`core.modes`), the base model and what the checkpoint was trained on.
     """
     model_ref = normalize_ref(model_ref)
     ckpt_path = resolve(model_ref, cache)
@@ -59,32 +61,35 @@ def plan(dataset, model_ref: str, pooling: str = "auto", split: str = "all", mod
     if pooling not in POOLINGS:
         raise UserError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
     pooling = desc["default_pooling"] if pooling == "auto" else pooling
-    mode = mode or desc["mode"] or ("full" if desc["has_head"] else "generic")
-    if mode not in MODES:
-        raise UserError(f"unknown mode {mode!r}: use one of {', '.join(MODES)}")
+    mode = resolve_mode(mode, desc, dataset.class_names)
     if len(dataset.rows(split)) == 0:  # also validates the split name
         raise UserError(f"split {split!r} of {dataset.source} has no images")
     info = dict(
         dataset=dataset.source, dataset_fingerprint=dataset.fingerprint, model=model_ref,
         model_fingerprint=fingerprint_dir(ckpt_path), family=desc["family"], mode=mode,
-        pooling=pooling, split=split,
+        pooling=pooling, split=split, base_model=normalize_ref(base_model) if base_model else desc.get("base_model"),
+        trained_on=training_data(model_ref, desc.get("recorded") or {}) if mode != "generic" else None,
     )
-    key = store.key_of(info["dataset_fingerprint"], info["model_fingerprint"], pooling, split, mode)
+    said = (normalize_ref(base_model),) if base_model else ()  # keys without --base-model stay as they were
+    key = store.key_of(info["dataset_fingerprint"], info["model_fingerprint"], pooling, split, mode, *said)
     return store.path_for(store.cache_dir(cache), "features", key), info
 
 
 def extract(dataset_ref, model_ref: str, mode: str | None = None, split: str = "all", pooling: str = "auto",
             device: str = "auto", batch_size: int | None = None, cache=None, progress: bool = True,
-            compile: bool = False, workers: int | None = None, log=print, layers: str | None = None) -> tuple:
+            compile: bool = False, workers: int | None = None, log=print, layers: str | None = None,
+            base_model: str | None = None) -> tuple:
     """Compute (or find cached) features. Returns (parquet path, provenance, was_cached).
 
     ``dataset_ref`` is a reference string or an opened Dataset. A cache hit loads no
     model; two identical requests at once compute once (file lock). ``layers``
     ("all", "last", "1,4,9-12"): also store those blocks' pooled features from the
-    same pass (see ``core.layerfeatures``).
+    same pass (see ``core.layerfeatures``). ``base_model``: the reference an external
+    finetuned checkpoint started from (finetune records it for its own), so ΔF1 pairs
+    its head-only and full runs.
     """
     ds = open_dataset(dataset_ref) if isinstance(dataset_ref, str) else dataset_ref
-    path, info = plan(ds, model_ref, pooling, split, mode, cache)
+    path, info = plan(ds, model_ref, pooling, split, mode, cache, base_model)
     model_ref = info["model"]
     info["layers"] = layerfeatures.requested(resolve(model_ref, cache), layers, info["family"])
 
@@ -190,7 +195,7 @@ def _compute(ds, model_ref, info, path, device, batch_size, cache, progress, com
     prov = dict(
         kind="features", format=1, **info, rows=int(len(rows)), has_head=bool(n_classes),
         class_names=list(ds.class_names), id2label={str(k): v for k, v in (ck.id2label or {}).items()},
-        size=ck.size_name, base_model=ck.provenance.get("base_model"), head=ck.provenance.get("head"),
+        size=ck.size_name, head=ck.provenance.get("head"),
         dtype=str(ck.dtype).replace("torch.", ""), device=_device_name(device), batch_size=batch_size,
         image_size=list(ck.input_size()), dataset_image_size=ds.image_size,
         skipped=ds.skipped, versions=_versions(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -314,6 +319,8 @@ def add_parser(sub):
     p.add_argument("--model", required=True, help="hf:MODEL_ID | dir:PATH | demo:NAME")
     p.add_argument("--mode", choices=MODES, help="what the checkpoint is: generic (pretrained), head (head-only "
                    "finetune) or full (full finetune); default: what finetune recorded, else generic/full by head")
+    p.add_argument("--base-model", metavar="REF", help="the checkpoint this one was finetuned from (for an external "
+                   "finetune, e.g. hf:facebook/dinov2-base): ΔF1 pairs its head-only and full runs by it")
     p.add_argument("--split", default="all", choices=("all", "train", "test"))
     p.add_argument("--pooling", default="auto", choices=POOLINGS,
                    help="auto (default): what the family's classifier reads (DINOv2, ViT: CLS after the final "
@@ -334,7 +341,7 @@ def _run(args) -> int:
         raise UserError("--batch-size must be a positive integer")
     path, prov, hit = extract(args.dataset, args.model, mode=args.mode, split=args.split, pooling=args.pooling,
                               device=args.device, batch_size=args.batch_size, cache=args.cache,
-                              compile=args.compile, layers=args.layers)
+                              compile=args.compile, layers=args.layers, base_model=args.base_model)
     if hit:
         print(f"cache hit: {path} ({prov['rows']} rows x {prov['dim']})")
         if args.layers:

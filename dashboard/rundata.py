@@ -58,6 +58,9 @@ def build_run_data(run: dict, table) -> RunData:
     has_pred = "pred" in df.columns and bool(run.get("has_head", True))
     if not has_pred:
         reason = "this checkpoint has no classification head, so there are no predictions"
+    elif run.get("mode") == "generic":  # a head over other classes (ImageNet...): never scored
+        has_pred = False
+        reason = "this generic checkpoint's head was not trained on these galaxy classes, so it is not scored"
     else:
         mapping = prediction_mapping(class_names, run.get("id2label"))
         if mapping is None:

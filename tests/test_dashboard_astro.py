@@ -98,6 +98,8 @@ def test_cards_show_position_redshift_and_links_with_the_chosen_layer(sky_cache)
     assert "[Legacy Surveys](https://www.legacysurvey.org/viewer?ra=150.11960&dec=2.20580&layer=ls-dr10&zoom=14)" in text
     assert "https://simbad.cds.unistra.fr/simbad/sim-coo?Coord=150.11960+%2B2.20580" in text
     assert text.count("RA ") >= 9  # the galaxy and its neighbours in each space all carry positions
+    md = "\n".join(str(m.value) for m in at.markdown)  # three spaces on one screen: DINOv2 generic, full, ViT
+    assert "**generic** · DINOv2" in md and "**full finetune** · DINOv2" in md and "**generic** · ViT" in md
     at.selectbox(key="survey_layer").set_value("ls-dr9")
     text = captions(ok(at.run()))
     assert "layer=ls-dr9" in text and "layer=ls-dr10&" not in text

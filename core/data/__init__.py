@@ -55,6 +55,21 @@ def normalize_ref(ref: str) -> str:
     return f"{prefix}:{body}" + (f"?{query}" if query else "")
 
 
+def canonical_ref(ref: str) -> str:
+    """The spelling the cache records for a dataset or checkpoint reference, so a
+    lookup matches however the user wrote it: `normalize_ref`, and for
+    ``synthetic:`` every option with its value (defaults filled in, as the opened
+    Dataset's ``source``): ``synthetic:galaxy10`` ->
+    ``synthetic:galaxy10?n=3000&size=64&seed=42&balance=galaxy10&test_fraction=0.2``."""
+    ref = normalize_ref(ref)
+    prefix, body, options = split_ref(ref, kinds=PREFIXES + ("dir", "demo", "timm"), what="reference")
+    if prefix == "synthetic" and body == "galaxy10":
+        from .synthetic import source_ref
+
+        return source_ref(options)
+    return ref
+
+
 def open_dataset(ref: str, **kwargs) -> Dataset:
     """Open a dataset reference (see module docstring). Raises SourceError for user errors."""
     prefix, body, options = split_ref(ref)

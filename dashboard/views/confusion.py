@@ -7,6 +7,8 @@ from functools import partial
 import numpy as np
 import streamlit as st
 
+from core.modes import leakage
+
 from .. import data as D
 from ..figures import confusion_figure, map_figure
 from .common import NO_CELL, Context, chosen_cell, gallery, on_map_select, run_data
@@ -64,6 +66,7 @@ def confusion_view(ctx: Context) -> None:
                      key="cell_split", help="score on the test split: the classifier never trained on it")
     normalised = c2.toggle("Row-normalised (share of each true class)", key="cm_norm")
     mask = D.split_mask(frame, split)
+    st.caption(f"Training images among these galaxies: {leakage(data.run, frame['split'][mask])['text']}.")
     report = D.split_scores(frame, names, split)
     cm = report["confusion"]
     cell = chosen_cell(ctx)

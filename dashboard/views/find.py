@@ -99,7 +99,7 @@ def by_image(ctx: Context) -> None:
     content = upload.getvalue()
     digest = content_hash(content)
     k = st.slider("How many", 4, 16, 8, key="find_k")
-    runs = upload_runs(ctx)
+    runs = encoder_runs(ctx)
     from core.lookup import read_image
 
     try:
@@ -112,8 +112,8 @@ def by_image(ctx: Context) -> None:
             similar_to_upload(ctx, run, content, upload.name, digest, k)
 
 
-def upload_runs(ctx: Context, most: int = 4) -> list[dict]:
-    """Where to look the upload up, side by side: the selected model generic and finetuned,
+def encoder_runs(ctx: Context, most: int = 4) -> list[dict]:
+    """The feature spaces to compare side by side: the selected model generic and finetuned,
     then every other model with features of this dataset (e.g. a timm: galaxy-native encoder)."""
     runs = []
     for run in (ctx.catalog.counterpart(ctx.run, "generic"), ctx.catalog.finetuned_for(ctx.run)):
