@@ -12,6 +12,7 @@ import streamlit as st
 
 from .. import data as D
 from ..figures import map_figure
+from .bigmap import big_map, wants_big_map
 from .common import Context, chosen_cell, clear_picked, gallery, log, on_map_select, picked_rows
 
 QUALITY_HELP = {
@@ -52,6 +53,8 @@ def quality_panel(ctx: Context) -> None:
             shown += 1
     if not shown:
         st.caption("No quality numbers were recorded for this map.")
+    if prov.get("layout"):  # e.g. bench/make_big_run.py's stand-in for a t-SNE of a million galaxies
+        st.caption(f"This map is a {prov['layout']}.")
     if prov.get("aligned_to"):
         st.caption("Aligned to the generic map, so the two can be compared side by side.")
     features = prov.get("feature_quality") or {}
@@ -212,10 +215,14 @@ def map_view(ctx: Context) -> None:
         return
     left, right = st.columns([5, 1])
     with left:
-        fig = map_figure(ctx.data, ctx.xy, ctx.colour_by, ctx.highlight, marked_positions(ctx))
-        overlay_other_datasets(ctx, fig)
-        st.plotly_chart(fig, key="map_chart", on_select=partial(on_map_select, "map_chart", ctx.dataset),
-                        selection_mode=("points", "box", "lasso"), config={"scrollZoom": True, "displaylogo": False})
+        if wants_big_map(ctx):  # large runs: WebGL fed binary columns (views/bigmap.py)
+            big_map(ctx, marked_positions(ctx))
+        else:
+            fig = map_figure(ctx.data, ctx.xy, ctx.colour_by, ctx.highlight, marked_positions(ctx))
+            overlay_other_datasets(ctx, fig)
+            st.plotly_chart(fig, key="map_chart", on_select=partial(on_map_select, "map_chart", ctx.dataset),
+                            selection_mode=("points", "box", "lasso"),
+                            config={"scrollZoom": True, "displaylogo": False})
     with right:
         quality_panel(ctx)
         st.metric("galaxies", f"{ctx.data.n:,}")
