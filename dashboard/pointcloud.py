@@ -98,7 +98,10 @@ def positions_bytes(positions) -> bytes:
 def positions_in_polygon(xy: MapXY, polygon) -> np.ndarray:
     """Frame positions of the galaxies inside a polygon [(x, y), ...] in map
     coordinates (even-odd rule, as a lasso), ascending. Fewer than 3 vertices: none."""
-    poly = np.asarray(polygon, dtype=np.float64)
+    try:  # it comes from the browser: anything malformed selects nothing
+        poly = np.asarray(polygon, dtype=np.float64)
+    except (TypeError, ValueError):
+        return np.zeros(0, np.int64)
     if poly.ndim != 2 or poly.shape[1] != 2 or len(poly) < 3 or not np.isfinite(poly).all():
         return np.zeros(0, np.int64)
     x0, y0 = poly.min(0)

@@ -102,21 +102,41 @@ def million(tmp_path_factory):
     return cache, proj.merge(meta, on="row")
 
 
+@pytest.fixture
+def served(monkeypatch) -> dict:
+    """{media URL: bytes} of every file the large map serves to the browser."""
+    import dashboard.components.bigmap as component
+
+    files, original = {}, component.media_url
+
+    def recording(blob, name):
+        url = original(blob, name)
+        files[url] = bytes(blob)
+        return url
+
+    monkeypatch.setattr(component, "media_url", recording)
+    return files
+
+
 def _map_args(at) -> dict:
     found = [el for el in at.get("component_instance") if "galaxy_map" in el.proto.component_name]
     assert len(found) == 1, "the large map is not on the page"
     return json.loads(found[0].proto.json_args)
 
 
-def test_million_galaxy_map_page_reruns_without_resending_the_points(million, monkeypatch):
+def test_million_galaxy_map_page_reruns_without_resending_the_points(million, served, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    cache, _ = million
+    cache, table = million
     monkeypatch.setenv("EXPLORER_CACHE", str(cache))
     at = AppTest.from_file(APP, default_timeout=600).run()
     assert not at.exception and not at.error, [e.value for e in at.exception] + [e.value for e in at.error]
     args = _map_args(at)
-    assert args["n"] == N and args["points_url"].startswith("/media/") and args["highlight"] == []
+    assert args["n"] == N and args["highlight"] == [] and "/media/" in args["points_url"]
+    points, colour = served[args["points_url"]], served[args["colour_url"]]
+    assert len(points) == 11 * N and len(colour) == N  # 12 bytes per galaxy on the wire
+    labels = np.frombuffer(points, np.uint8, N, 8 * N).astype(int) - 1
+    np.testing.assert_array_equal(np.bincount(labels, minlength=10), np.bincount(table["label"], minlength=10))
     assert any("1,000,000 galaxies drawn with WebGL from 12,000,000 bytes (12 per galaxy)" in c.value for c in at.caption)
 
     at.multiselect(key="highlight").set_value(["Disturbed"])
@@ -171,7 +191,9 @@ def test_million_galaxy_box_click_and_hover_reach_the_gallery(million, monkeypat
     assert counts["true"].idxmax() == GALAXY10_CLASSES[int(inside["label"].mode()[0])] == "Merging"
     rings = _map_args(at)["rings"]
     assert [r["name"] for r in rings] == [f"selected ({len(inside):,})"] and rings[0]["selection"]
-    assert len(at.get("download_button")) == 1 and len(at.get("imgs")) > 0  # CSV + gallery thumbnails
+    assert [b.label for b in at.get("download_button")] == ["Download selection (CSV)"]
+    cards = [c.value for c in at.caption if c.value.startswith("**J")]  # the gallery: id, true class, prediction
+    assert len(cards) == 24 and all(c.split("**")[1] in set(inside["id"]) and "true:" in c for c in cards)
 
     at.session_state["event"] = {"event": "click", "pos": 123_456, "seq": 2}
     at.run()

@@ -342,7 +342,7 @@ function drawOverlay() {
       if (big) octx.rect(sx - 1.5, sy - 1.5, 3, 3); else { octx.moveTo(sx + r, sy); octx.arc(sx, sy, r, 0, 2 * Math.PI); }
       ringsShown++;
     }
-    if (big) octx.fill(); else octx.stroke();
+    if (big) { octx.globalAlpha = 0.45; octx.fill(); octx.globalAlpha = 1; } else octx.stroke();  // a big set: shading
   }
   window.__bigmap.ringsShown = ringsShown;
   const stars = S.args.stars;
@@ -557,6 +557,16 @@ window.addEventListener("resize", () => {
   S.view = { cx: S.view.cx, cy: S.view.cy, ppu: S.view.ppu * S.home.ppu / home.ppu };
   startRender();
 });
+
+// Pixels of the map that are not background: the browser test's proof that points reach the screen.
+window.__bigmap.inkedPixels = () => {
+  composite();
+  const w = glCanvas.width, h = glCanvas.height, px = new Uint8Array(w * h * 4);
+  gl.readPixels(0, 0, w, h, gl.RGBA, gl.UNSIGNED_BYTE, px);
+  let k = 0;
+  for (let i = 0; i < px.length; i += 4) if (px[i] < 200 || px[i + 1] < 200 || px[i + 2] < 200) k++;
+  return k;
+};
 
 if (!gl) {
   status("This browser offers no WebGL2, which the large-map view needs (try a current Chrome, Firefox or Safari).");
