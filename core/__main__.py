@@ -20,6 +20,7 @@ VERBS = {
     "finetune": "core.finetune",
     "evaluate": "core.evaluation",
     "demo": "core.demo",
+    "anomalies": "core.anomaly",
 }
 
 

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from . import cache as store
 from . import projection as proj
+from .embeddings import embedding_matrix
 from .errors import UserError
 
 # Bump when a change to the map code changes the maps: old cache entries then miss.
@@ -74,10 +75,7 @@ def load_features(run: dict) -> tuple[pd.DataFrame, np.ndarray]:
     table = store.read_table(run["path"], columns=["row", "id", "label", "embedding"])
     if table is None:
         raise UserError(f"features file {run['path']} is unreadable or incomplete; extract it again")
-    n = table.num_rows
-    emb = table.column("embedding").combine_chunks()
-    flat = emb.flatten().to_numpy(zero_copy_only=False)
-    X = flat.reshape(n, -1).astype(np.float32, copy=False) if n else np.zeros((0, run.get("dim") or 0), np.float32)
+    X = embedding_matrix(table.column("embedding"), run.get("dim") or 0)
     rows = table.select(["row", "id", "label"]).to_pandas()
     return rows, X
 

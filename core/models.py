@@ -6,6 +6,7 @@ A reference is an explicit string:
 ``hf:MODEL_ID``      a Hugging Face hub id (network, or already in the HF cache)
 ``dir:PATH``         a ``save_pretrained`` folder (safetensors weights)
 ``demo:NAME``        a checkpoint the offline demo built (``<cache>/checkpoints/demo/NAME``)
+``timm:...``         a timm encoder (``hf_hub:OWNER/NAME`` or a save_for_hf folder): core/timm_encoder.py
 ==================  ===========================================================
 
 Everything goes through the transformers Auto classes; ``trust_remote_code`` is
@@ -39,7 +40,11 @@ _SIZES = {384: "small", 768: "base", 1024: "large", 1536: "giant", 192: "tiny", 
 
 def resolve(ref: str, cache=None) -> Path:
     """Turn a checkpoint reference into a local folder, or raise SourceError saying what to do."""
-    prefix, body, _ = split_ref(ref, kinds=("hf", "dir", "demo"), what="checkpoint")
+    prefix, body, _ = split_ref(ref, kinds=("hf", "dir", "demo", "timm"), what="checkpoint")
+    if prefix == "timm":
+        from .timm_encoder import resolve as resolve_timm
+
+        return resolve_timm(body)
     if prefix == "dir":
         path = Path(body).expanduser().resolve()
         if not (path / "config.json").is_file():
@@ -278,6 +283,10 @@ def recorded_provenance(path: Path) -> dict:
 def describe(path: Path) -> dict:
     """Family, default pooling and whether there is a head, read from config.json alone
     (a cache hit must not load the model)."""
+    from . import timm_encoder
+
+    if timm_encoder.is_timm_folder(path):
+        return timm_encoder.describe(path)
     raw = json.loads((Path(path) / "config.json").read_text())
     family = raw.get("model_type", "unknown")
     arch = (raw.get("architectures") or [""])[0]
@@ -307,6 +316,10 @@ def load_checkpoint(ref: str, device="cpu", num_labels: int | None = None, id2la
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     path = resolve(ref, cache)
+    from . import timm_encoder
+
+    if timm_encoder.is_timm_folder(path):
+        return timm_encoder.load(ref, path, device=device, dtype=dtype)
     try:
         config = AutoConfig.from_pretrained(path)
     except Exception as e:

@@ -125,15 +125,15 @@ def write_projection(cache: Path, run: dict, method: str, xy: np.ndarray, aligne
 
 
 def write_evaluation(cache: Path, run: dict, labels, pred, splits):
-    from dashboard.data import confusion_matrix, macro_f1, per_class_scores
+    from core.evaluation import classification_report
 
     test = splits == "test"
-    cm = confusion_matrix(labels[test], pred[test], len(GALAXY10_CLASSES))
-    scores = per_class_scores(cm, GALAXY10_CLASSES)
+    rep = classification_report(labels[test], pred[test], GALAXY10_CLASSES)
+    cm, scores = rep["confusion"], rep["per_class"]
     store.write_json(store.path_for(cache, "evaluations", run["key"], ".json"), {
         "features_run": run["key"], "dataset": run["dataset"], "model": run["model"], "mode": run["mode"],
-        "class_names": GALAXY10_CLASSES, "split": "test", "accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
-        "macro_f1": macro_f1(scores), "per_class": scores.to_dict("records"), "confusion": cm.tolist()})
+        "class_names": GALAXY10_CLASSES, "split": "test", "accuracy": rep["accuracy"],
+        "macro_f1": rep["macro_f1"], "per_class": scores.to_dict("records"), "confusion": cm.tolist()})
 
 
 def build_cache(root, n: int = 600, images: bool = True, dim: int = 32, seed: int = 0,

@@ -100,28 +100,35 @@ def test_embeddings_and_projection_alignment(catalog):
     assert xy.x.dtype == np.float32 and xy.x[2] == 1.0 and xy.y[0] == 5.0 and np.isnan(xy.x[1])
 
 
-def test_confusion_scores_match_sklearn():
-    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+def test_dashboard_scores_are_core_evaluation_on_the_chosen_split():
+    """The Confusion and Compare views score through core.evaluation (one rule):
+    only the chosen split counts, and macro F1 equals sklearn's on it."""
+    from sklearn.metrics import confusion_matrix, f1_score
 
     rng = np.random.default_rng(1)
     y, p = rng.integers(0, 4, 500), rng.integers(0, 4, 500)
     p[:200] = y[:200]
-    cm = D.confusion_matrix(np.r_[y, -1], np.r_[p, 2], 4)  # an unlabelled row is ignored
-    assert (cm == confusion_matrix(y, p)).all()
-    scores = D.per_class_scores(cm, list("abcd"))
-    prec, rec, f1, sup = precision_recall_fscore_support(y, p, zero_division=0)
-    assert np.allclose(scores["precision"], prec) and np.allclose(scores["recall"], rec)
-    assert np.allclose(scores["f1"], f1) and (scores["support"] == sup).all()
-    assert D.macro_f1(scores) == pytest.approx(f1_score(y, p, average="macro"))
-    assert np.allclose(D.row_normalised(cm).sum(1), 1)
+    split = np.where(np.arange(500) < 300, "test", "train")
+    frame = pd.DataFrame({"label": y, "pred": p, "split": split})
+    rep = D.split_scores(frame, list("abcd"), "test")
+    assert (rep["confusion"] == confusion_matrix(y[:300], p[:300])).all()
+    assert rep["macro_f1"] == pytest.approx(f1_score(y[:300], p[:300], average="macro"))
+    assert rep["per_class"]["support"].sum() == 300
+    assert D.split_scores(frame, list("abcd"), "all")["macro_f1"] == pytest.approx(f1_score(y, p, average="macro"))
 
 
-def test_delta_f1_table():
-    head = pd.DataFrame({"class": ["a", "b"], "f1": [0.5, 0.6], "support": [10, 10]})
-    full = pd.DataFrame({"class": ["a", "b"], "f1": [0.9, 0.7], "support": [10, 10]})
-    t = D.delta_f1(head, full)
+def test_per_class_delta_pairs_head_and_full():
+    from core.evaluation import scores_from_confusion
+
+    head = scores_from_confusion(np.array([[5, 5], [4, 6]]), ["a", "b"])
+    full = scores_from_confusion(np.array([[9, 1], [1, 9]]), ["a", "b"])
+    t = D.per_class_delta(head, full)
     assert t["class"].tolist() == ["a", "b", "macro average"]
-    assert np.allclose(t["ΔF1"], [0.4, 0.1, 0.25])
+    assert np.allclose(t["F1 full"], [0.9, 0.9, 0.9])
+    assert np.allclose(t["ΔF1"], t["F1 full"] - t["F1 head-only"])
+    assert t["ΔF1"].iloc[-1] == pytest.approx(full["macro_f1"] - head["macro_f1"])
+    with pytest.raises(ValueError):
+        D.per_class_delta(head, scores_from_confusion(np.eye(2, dtype=int), ["a", "c"]))
 
 
 def test_cell_positions_most_confident_first():
@@ -156,18 +163,18 @@ def test_selection_csv_and_counts(catalog):
 def test_knn_matches_brute_force():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 16)).astype(np.float32)
-    idx, dist = D.knn(X, 3, 5, "euclidean")
+    idx, dist = D.knn_neighbours(X, 3, 5, "euclidean")
     brute = np.linalg.norm(X - X[3], axis=1)
     brute[3] = np.inf
     assert idx.tolist() == np.argsort(brute)[:5].tolist() and np.allclose(dist, np.sort(brute)[:5], atol=1e-4)
-    idx, dist = D.knn(X, 3, 5, "cosine")
+    idx, dist = D.knn_neighbours(X, 3, 5, "cosine", norms=D.row_norms(X))
     Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
     cos = 1 - Xn @ Xn[3]
     cos[3] = np.inf
     assert idx.tolist() == np.argsort(cos)[:5].tolist() and 3 not in idx
-    assert len(D.knn(X[:3], 0, 10)[0]) == 2
+    assert len(D.knn_neighbours(X[:3], 0, 10)[0]) == 2
     with pytest.raises(ValueError):
-        D.knn(X, 0, 3, "manhattan")
+        D.knn_neighbours(X, 0, 3, "manhattan")
 
 
 def _spec(fig):

@@ -9,6 +9,7 @@ A reference is an explicit string, never guessed:
 ``hf:OWNER/NAME``       a Hugging Face dataset by hub id (needs network or HF cache)
 ``hf:LOCAL_DIR``        a ``save_to_disk`` folder or a folder of parquet files
 ``folder:DIR``          images listed in ``DIR/labels.csv`` (``file,label[,...]``)
+``fits:DIR``            multi-band FITS cutouts (g, r, z) turned into RGB (see ``fits.py``)
 =====================  ==========================================================
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from urllib.parse import parse_qsl
 
 from .base import GALAXY10_CLASSES, Dataset, SourceError  # noqa: F401
 
-PREFIXES = ("synthetic", "h5", "hf", "folder")
+PREFIXES = ("synthetic", "h5", "hf", "folder", "fits")
 
 
 def split_ref(ref: str, kinds=PREFIXES, what: str = "dataset") -> tuple[str, str, dict]:
@@ -46,9 +47,9 @@ def split_ref(ref: str, kinds=PREFIXES, what: str = "dataset") -> tuple[str, str
 def normalize_ref(ref: str) -> str:
     """The canonical spelling of a reference: local paths made absolute, so the same
     data gets the same name whatever folder a command ran from."""
-    prefix, body, _ = split_ref(ref, kinds=PREFIXES + ("dir", "demo"), what="reference")
+    prefix, body, _ = split_ref(ref, kinds=PREFIXES + ("dir", "demo", "timm"), what="reference")
     query = ref.split("?", 1)[1] if "?" in ref else ""
-    local = prefix in ("h5", "folder", "dir") or (prefix == "hf" and Path(body).expanduser().exists())
+    local = prefix in ("h5", "folder", "dir", "fits") or (prefix in ("hf", "timm") and Path(body).expanduser().exists())
     if local:
         body = str(Path(body).expanduser().resolve())
     return f"{prefix}:{body}" + (f"?{query}" if query else "")
@@ -71,6 +72,10 @@ def open_dataset(ref: str, **kwargs) -> Dataset:
         from .hf import open_hf
 
         return open_hf(ref, body, **options)
+    if prefix == "fits":
+        from .fits import open_fits
+
+        return open_fits(ref, Path(body).expanduser(), **options)
     from .folder import open_folder
 
     return open_folder(ref, Path(body).expanduser(), **options)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..sky import map_columns
 from .base import GALAXY10_CLASSES, Dataset, SourceError, resize_square, to_rgb_uint8
 
 
@@ -55,7 +56,8 @@ def _check_image(path: Path) -> str | None:
     return None
 
 
-def open_folder(ref: str, root: Path, image_size: int | str = 256, class_names: str | None = None, **_):
+def open_folder(ref: str, root: Path, image_size: int | str = 256, class_names: str | None = None,
+                ra: str | None = None, dec: str | None = None, **_):
     root = Path(root)
     csv = root / "labels.csv"
     if not root.is_dir():
@@ -85,6 +87,7 @@ def open_folder(ref: str, root: Path, image_size: int | str = 256, class_names: 
     files = [root / f for f in table["file"].astype(str)]
     splits = table["split"].astype(str).to_numpy() if "split" in table.columns else np.full(len(table), "test")
     meta = table.drop(columns=[c for c in ("label", "split") if c in table.columns])
+    meta = map_columns(meta, ra, dec, where=str(csv))  # ?ra=COL&dec=COL, else columns named ra/dec
 
     h = hashlib.sha256()
     h.update(csv.read_bytes())

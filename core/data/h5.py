@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..sky import map_columns
 from .base import GALAXY10_CLASSES, Dataset, SourceError, resize_square, stratified_split
 
 META_FIELDS = ("ra", "dec", "redshift", "pxscale")
@@ -85,6 +86,7 @@ def open_h5(ref: str, path: Path, seed: int | str = 42, test_fraction: float | s
             h.update(f["images"][i].tobytes())
     if len(labels) != shape[0]:
         raise SourceError(f"{path}: {len(labels)} labels for {shape[0]} images")
+    meta = map_columns(meta, where=str(path))  # the file's own ra/dec datasets, validated
     splits = stratified_split(labels, float(test_fraction), int(seed))
     ds = H5Dataset(
         source=ref, class_names=list(GALAXY10_CLASSES), ids=np.array([f"g10-{i:05d}" for i in range(shape[0])]),

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..sky import map_columns
 from .base import GALAXY10_CLASSES, GALAXY_MNIST_CLASSES, Dataset, SourceError, resize_square, to_rgb_uint8
 
 KNOWN_CLASSES = {"galaxy10_decals": GALAXY10_CLASSES, "galaxy10": GALAXY10_CLASSES,
@@ -64,7 +65,7 @@ def _hub_snapshot(name: str) -> Path:
         ) from None
 
 
-def open_hf(ref: str, body: str, class_names: str | None = None, **_):
+def open_hf(ref: str, body: str, class_names: str | None = None, ra: str | None = None, dec: str | None = None, **_):
     try:
         import datasets  # noqa: F401
     except ImportError:
@@ -107,7 +108,7 @@ def open_hf(ref: str, body: str, class_names: str | None = None, **_):
     first = to_rgb_uint8(parts[0][1][0]["image"])
     ds = HFDataset(
         source=ref, class_names=names, ids=np.concatenate(ids), labels=np.concatenate(labels),
-        splits=np.concatenate(splits), metadata=pd.concat(metas, ignore_index=True),
+        splits=np.concatenate(splits), metadata=map_columns(pd.concat(metas, ignore_index=True), ra, dec, where=ref),
         image_size=int(first.shape[0]),
         content_key="hf:" + ",".join(f"{s}={t._fingerprint}" for s, t in parts),
     )

@@ -33,10 +33,8 @@ def compare_view(ctx: Context) -> None:
             xy = map_xy(run, projection)
             title = f"{ctx.label(run)} · {run.get('model')}"
             if data.has_predictions:
-                mask = D.split_mask(data.frame, D.default_split(data.frame))
-                cm = D.confusion_matrix(data.frame["label"].to_numpy()[mask], data.frame["pred"].to_numpy()[mask],
-                                        len(data.class_names))
-                title += f" · macro F1 {D.macro_f1(D.per_class_scores(cm, data.class_names)):.2f}"
+                report = D.split_scores(data.frame, data.class_names, D.default_split(data.frame))
+                title += f" · macro F1 {report['macro_f1']:.2f}"
             st.markdown(f"**{title}**")
             if xy is None:
                 st.info(f"No {method} map cached for `{run['key']}`.")

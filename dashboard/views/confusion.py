@@ -33,18 +33,16 @@ def delta_table(ctx: Context, split: str) -> None:
     full_run = ctx.catalog.counterpart(ctx.run, "full")
     if not head_run or not full_run:
         return
-    tables = []
+    scores = []
     for run in (head_run, full_run):
         d = run_data(run)
         if not d.has_predictions:
             return
-        mask = D.split_mask(d.frame, split)
-        cm = D.confusion_matrix(d.frame["label"].to_numpy()[mask], d.frame["pred"].to_numpy()[mask], len(d.class_names))
-        tables.append(D.per_class_scores(cm, d.class_names))
+        scores.append(D.split_scores(d.frame, d.class_names, split))
     st.markdown("**ΔF1: what finetuning every parameter adds over training the head alone**")
     st.caption("ΔF1 = F1 (full) − F1 (head-only), per class and for the macro average. A small ΔF1 means the "
                "frozen features were already good; the paper finds DINOv2 has the smallest gap of the families.")
-    st.dataframe(D.delta_f1(*tables), hide_index=True, width="stretch",
+    st.dataframe(D.per_class_delta(*scores), hide_index=True, width="stretch",
                  column_config={c: st.column_config.NumberColumn(c, format="%+.2f" if c == "ΔF1" else "%.2f")
                                 for c in ("F1 head-only", "F1 full", "ΔF1")})
 
@@ -66,8 +64,8 @@ def confusion_view(ctx: Context) -> None:
                      key="cell_split", help="score on the test split: the classifier never trained on it")
     normalised = c2.toggle("Row-normalised (share of each true class)", key="cm_norm")
     mask = D.split_mask(frame, split)
-    labels, preds = frame["label"].to_numpy(), frame["pred"].to_numpy()
-    cm = D.confusion_matrix(labels[mask], preds[mask], len(names))
+    report = D.split_scores(frame, names, split)
+    cm = report["confusion"]
     cell = chosen_cell(ctx)
 
     left, right = st.columns(2)
@@ -98,12 +96,11 @@ def confusion_view(ctx: Context) -> None:
         gallery(ctx, cell_pos, key="cell")
     st.divider()
     s1, s2 = st.columns(2)
-    scores = D.per_class_scores(cm, names)
     with s1:
         st.markdown(f"**Per-class scores ({SPLIT_NAMES[split]})**")
-        st.caption(f"accuracy {np.trace(cm) / max(cm.sum(), 1):.3f} · macro F1 {D.macro_f1(scores):.3f} · "
+        st.caption(f"accuracy {report['accuracy']:.3f} · macro F1 {report['macro_f1']:.3f} · "
                    "precision: of the galaxies predicted as this class, the share that are; recall: of this "
                    "class, the share found.")
-        scores_table(scores)
+        scores_table(report["per_class"])
     with s2:
         delta_table(ctx, split)

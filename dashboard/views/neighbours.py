@@ -53,7 +53,7 @@ def neighbours_view(ctx: Context) -> None:
                 st.info(f"This galaxy is not in run `{run['key']}`.")
                 continue
             X, norms = embeddings(run)
-            idx, dist = D.knn(X, int(pos[0]), k, metric, norms=norms)
+            idx, dist = D.knn_neighbours(X, int(pos[0]), k, metric, norms=norms)
             labels = data.frame["label"].to_numpy()
             same = int((labels[idx] == labels[pos[0]]).sum())
             st.markdown(f"**{ctx.label(run)}** · `{run.get('model')}`")

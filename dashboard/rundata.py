@@ -1,0 +1,115 @@
+"""One features run as the dashboard shows it: its galaxies (without embeddings),
+their predictions mapped onto the dataset's classes, and its map coordinates."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from core.evaluation import prediction_mapping  # one definition, shared with `python -m core evaluate`
+
+
+@dataclass
+class RunData:
+    """One features run without its embeddings: what the map, galaxies and scores need.
+
+    ``frame`` columns: row (dataset position, the stable id the charts carry), id,
+    split, label, true (class name), and with a usable head pred, predicted,
+    confidence, correct; then meta_* columns.
+    """
+
+    run: dict
+    frame: pd.DataFrame
+    class_names: list[str]
+    has_predictions: bool
+    no_predictions_reason: str
+    ids: np.ndarray  # (n,) fixed-width str: hover text (copies and serialises fast)
+    custom: np.ndarray  # (n, 2) float32 [dataset row, confidence or NaN]: the charts' customdata
+    position: pd.Index  # dataset row -> frame position
+
+    @property
+    def n(self) -> int:
+        return len(self.frame)
+
+    def positions(self, rows) -> np.ndarray:
+        """Frame positions of dataset rows (rows not in this run are dropped)."""
+        pos = self.position.get_indexer(np.asarray(rows, dtype=np.int64))
+        return pos[pos >= 0]
+
+    def meta_columns(self) -> list[str]:
+        return [c for c in self.frame.columns if c.startswith("meta_") and c != "meta_file"]
+
+
+def build_run_data(run: dict, table) -> RunData:
+    """RunData from a features run's provenance and its table (pyarrow or pandas,
+    embedding/probs columns are ignored)."""
+    if not isinstance(table, pd.DataFrame):
+        table = table.select([c for c in table.column_names if c not in ("embedding", "probs")]).to_pandas()
+    df = table.drop(columns=[c for c in ("embedding", "probs") if c in table.columns]).reset_index(drop=True)
+    class_names = [str(c) for c in (run.get("class_names") or [])]
+    labels = df["label"].to_numpy(dtype=np.int64)
+    if not class_names:
+        class_names = [f"class {i}" for i in range(int(labels.max(initial=-1)) + 1)]
+    names = np.array(class_names + ["unlabelled"], dtype=object)
+    df["true"] = names[np.where((labels >= 0) & (labels < len(class_names)), labels, -1)]
+    reason = ""
+    has_pred = "pred" in df.columns and bool(run.get("has_head", True))
+    if not has_pred:
+        reason = "this checkpoint has no classification head, so there are no predictions"
+    else:
+        mapping = prediction_mapping(class_names, run.get("id2label"))
+        if mapping is None:
+            has_pred = False
+            reason = (f"its head predicts {len(run.get('id2label') or {})} classes that are not this "
+                      f"dataset's {len(class_names)}")
+        else:
+            raw = df["pred"].to_numpy(dtype=np.int64)
+            pred = np.where((raw >= 0) & (raw < len(mapping)), mapping[np.clip(raw, 0, len(mapping) - 1)], -1)
+            df["pred"] = pred
+            df["predicted"] = names[pred]
+            df["confidence"] = df["confidence"].astype(np.float32)
+            df["correct"] = (pred == labels) & (labels >= 0)
+    if not has_pred:
+        df = df.drop(columns=[c for c in ("pred", "confidence") if c in df.columns])
+    rows = df["row"].to_numpy(np.int64)
+    custom = np.full((len(df), 2), np.nan, np.float32)
+    custom[:, 0] = rows
+    if has_pred:
+        custom[:, 1] = df["confidence"].to_numpy(np.float32)
+    return RunData(run=run, frame=df, class_names=class_names, has_predictions=has_pred,
+                   no_predictions_reason=reason, ids=np.asarray(df["id"].astype(str).to_numpy(), dtype=str),
+                   custom=custom, position=pd.Index(rows))
+
+
+def read_run(run: dict) -> RunData:
+    """Read a features parquet without its embeddings (fast even at 200k rows)."""
+    schema = pq.read_schema(run["path"])
+    cols = [n for n in schema.names if n not in ("embedding", "probs")]
+    return build_run_data(run, pq.read_table(run["path"], columns=cols))
+
+
+@dataclass
+class MapXY:
+    """A projection aligned with a RunData frame (NaN where the projection lacks a row)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    projection: dict  # provenance
+
+
+def align_projection(data: RunData, proj_table, projection: dict) -> MapXY:
+    if not isinstance(proj_table, pd.DataFrame):
+        proj_table = proj_table.to_pandas()
+    pos = data.position.get_indexer(proj_table["row"].to_numpy(np.int64))
+    ok = pos >= 0
+    x = np.full(data.n, np.nan, np.float32)
+    y = np.full(data.n, np.nan, np.float32)
+    x[pos[ok]] = proj_table["x"].to_numpy(np.float32)[ok]
+    y[pos[ok]] = proj_table["y"].to_numpy(np.float32)[ok]
+    return MapXY(x, y, projection)
+
+
+def read_projection(data: RunData, projection: dict) -> MapXY:
+    return align_projection(data, pq.read_table(projection["path"], columns=["row", "x", "y"]), projection)
