@@ -15,8 +15,10 @@ GPU-less machine) opens it:
   the map shows Disturbed in colour and the rest grey (and back);
 - selection round trip: a box / lasso dragged on the map -> "Selected galaxies"
   on the page and the selection ringed on the map (and Clear selection);
-- bytes per galaxy: the binary columns fetched from /media/ and everything
-  on the websocket while loading, divided by the number of galaxies;
+- bytes per galaxy: the binary columns fetched from /media/ (what the map
+  itself fetched, and all media responses) plus everything on the websocket
+  while loading, divided by the number of galaxies (the page's own JavaScript
+  and fonts are not counted: they do not grow with the map);
 - server RSS: the streamlit process's resident and peak memory (Linux /proc).
 
 Baseline in the same run: the Plotly map (the renderer below
@@ -80,7 +82,7 @@ class Wire:
         self.ws += len(payload)
 
     def _response(self, response):
-        if "/media/" in response.url:
+        if "/media/" in response.url and "/static/" not in response.url:  # not the page's fonts
             try:
                 self.media += len(response.body())
             except Exception:  # a response the page dropped
@@ -179,6 +181,7 @@ def measure(cache: Path, n: int, renderer: str) -> dict:
             out["media bytes per galaxy"] = round(wire.media / n, 2)
             out["bytes per galaxy"] = round((wire.media + wire.ws) / n, 2)
             if frame is not None:
+                out["bytes the map fetched per galaxy"] = round(frame.evaluate("() => window.__bigmap.fetchedBytes") / n, 2)
                 out["webgl renderer"] = frame.evaluate("""() => { const gl = document.createElement('canvas')
                     .getContext('webgl2'); const x = gl && gl.getExtension('WEBGL_debug_renderer_info');
                     return x ? gl.getParameter(x.UNMASKED_RENDERER_WEBGL) : (gl ? 'webgl2' : 'none'); }""")

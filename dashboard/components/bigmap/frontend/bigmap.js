@@ -27,7 +27,7 @@ const S = {
   hover: -1, hoverStar: -1, drag: null, shape: null, grid: null, dpr: Math.min(window.devicePixelRatio || 1, 2),
 };
 // What the benchmark and the browser test read (no effect on the page).
-window.__bigmap = { paints: 0, lastRenderMs: null, composites: 0, highlight: "", loadedPoints: 0, ringsShown: 0,
+window.__bigmap = { fetchedBytes: 0, loads: performance.now(), paints: 0, lastRenderMs: null, composites: 0, highlight: "", loadedPoints: 0, ringsShown: 0,
                     events: 0, error: null };
 
 // ------------------------------------------------------------------ WebGL
@@ -183,7 +183,9 @@ async function fetchBytes(url) {
   const base = APP_URL.endsWith("/") ? APP_URL : APP_URL + "/";
   const r = await fetch(new URL(url.replace(/^\//, ""), base));
   if (!r.ok) throw new Error(`could not fetch ${url}: HTTP ${r.status}`);
-  return r.arrayBuffer();
+  const buf = await r.arrayBuffer();
+  window.__bigmap.fetchedBytes += buf.byteLength;
+  return buf;
 }
 
 async function loadPoints(url, n) {
