@@ -98,7 +98,7 @@ def million(tmp_path_factory):
     cache = tmp_path_factory.mktemp("million") / "cache"
     run = make_big_run.make(cache, rows=N, dim=4, pca=False, sample=0)
     proj = pq.read_table(next((cache / "projections").glob("*.parquet")), columns=["row", "x", "y"]).to_pandas()
-    meta = pq.read_table(run["path"], columns=["row", "id", "label"]).to_pandas()
+    meta = pq.read_table(run["path"], columns=["row", "id", "label", "pred", "split"]).to_pandas()
     return cache, proj.merge(meta, on="row")
 
 
@@ -150,6 +150,12 @@ def test_million_galaxy_map_page_reruns_without_resending_the_points(million, se
     found = [el for el in at.get("component_instance") if "galaxy_map" in el.proto.component_name]
     assert len(found[0].proto.json_args) < 20_000  # arguments only, never the points
     print(f"highlight rerun at 1M galaxies: {rerun:.2f} s")
+
+    at.selectbox(key="colour").set_value("redshift").run()  # a new colour column, the same points
+    coloured = _map_args(at)
+    assert coloured["colour"]["kind"] == "numeric" and coloured["colour"]["label"] == "redshift"
+    assert coloured["points_url"] == args["points_url"] and coloured["colour_url"] != args["colour_url"]
+    assert len(served[coloured["colour_url"]]) == N
 
 
 def _views_script():
@@ -209,6 +215,33 @@ def test_million_galaxy_box_click_and_hover_reach_the_gallery(million, monkeypat
     at.session_state["event"] = {"event": "click", "pos": N + 5, "seq": 4}  # out of range: ignored
     at.run()
     assert not at.exception and [h.value for h in at.subheader] == ["Selected galaxies: 1"]
+
+    # a confusion cell chosen in the Confusion view: its galaxies of the test split ringed on the map
+    at.session_state["cell_true"], at.session_state["cell_pred"] = "Unbarred Tight Spiral", "Unbarred Loose Spiral"
+    at.run()
+    cell = ((table["label"] == 6) & (table["pred"] == 7) & (table["split"] == "test")).sum()
+    names = [r["name"] for r in _map_args(at)["rings"]]
+    assert names == [f"cell Unbarred Tight Spiral → Unbarred Loose Spiral ({cell:,})", "selected (1)"]
+
+
+def test_compare_view_draws_both_large_maps(tmp_path, monkeypatch):
+    """Compare (generic | finetuned) above the threshold: two WebGL maps, one per run, both ringing a selection."""
+    from streamlit.testing.v1 import AppTest
+
+    import dashboard.views.bigmap as bigmap
+    from tests.dashboard_fixtures import build_cache
+
+    monkeypatch.setattr(bigmap, "BIG_MAP_POINTS", 100)
+    monkeypatch.setenv("EXPLORER_CACHE", str(build_cache(tmp_path, n=300, images=False, second_dataset=False)))
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["view"] = "Compare"
+    at.session_state["picked"] = {"dataset": f"folder:{tmp_path / 'no-images-here'}", "rows": [1, 2, 3]}
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    maps = [json.loads(el.proto.json_args) for el in at.get("component_instance")
+            if "galaxy_map" in el.proto.component_name]
+    assert len(maps) == 2 and maps[0]["points_url"] != maps[1]["points_url"] and all(m["n"] == 300 for m in maps)
+    assert all([r["name"] for r in m["rings"]] == ["selected (3)"] for m in maps)
 
 
 def test_real_photos_become_stars_on_the_large_map(demo_cache, monkeypatch):

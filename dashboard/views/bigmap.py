@@ -59,7 +59,7 @@ def _position(data: D.RunData, value) -> int | None:
     return pos if 0 <= pos < data.n else None
 
 
-def handle_event(event, ctx: Context) -> None:
+def handle_event(event, ctx: Context, key: str = EVENT_KEY) -> None:
     """Apply a map event: a box/lasso selects the galaxies inside it, a click selects one
     galaxy (its gallery card opens its neighbours), resting on a galaxy asks for its id
     and thumbnail."""
@@ -77,16 +77,16 @@ def handle_event(event, ctx: Context) -> None:
     elif kind == "hover":
         pos = _position(ctx.data, event.get("pos"))
         if pos is not None:
-            st.session_state["bigmap_hover"] = (ctx.run["key"], pos)
+            st.session_state[f"{key}_hover"] = (ctx.run["key"], pos)
 
 
-def _on_event(ctx: Context) -> None:
-    handle_event(st.session_state.get(EVENT_KEY), ctx)
+def _on_event(ctx: Context, key: str) -> None:
+    handle_event(st.session_state.get(key), ctx, key)
 
 
-def hover_info(ctx: Context) -> dict | None:
+def hover_info(ctx: Context, key: str = EVENT_KEY) -> dict | None:
     """Id and thumbnail of the galaxy the pointer rests on (asked for by the browser)."""
-    run_key, pos = st.session_state.get("bigmap_hover") or (None, None)
+    run_key, pos = st.session_state.get(f"{key}_hover") or (None, None)
     if run_key != ctx.run["key"] or _position(ctx.data, pos) is None:
         return None
     r = ctx.data.frame.iloc[pos]
@@ -121,23 +121,23 @@ def _stars(ctx: Context) -> dict | None:
     return PC.star_points(df, ctx.data.class_names, other.get("class_names"))
 
 
-def big_map(ctx: Context, marked: dict[str, np.ndarray], height: int = 560) -> None:
+def big_map(ctx: Context, marked: dict[str, np.ndarray], height: int = 560, key: str = EVENT_KEY,
+            stars: bool = True) -> None:
     """The WebGL map of ``ctx``; ``marked``: {legend name: frame positions} drawn as rings
-    (``map.marked_positions``: the confusion cell, then the selection)."""
-    from .common import picked_rows
-
-    stars = _stars(ctx)
+    (``map.marked_positions``: the confusion cell, then the selection); ``key`` names this
+    map (two maps side by side need two); ``stars``: offer to place the real photos."""
+    stars = _stars(ctx) if stars else None
     proj = ctx.projection
     points = _points(*_keys(ctx), proj["path"], _mtime(proj["path"]))
     colour, spec = _colours(*_keys(ctx), ctx.colour_by)
-    selected = "selected" in marked and bool(picked_rows(ctx))
+    selected = len(marked.get("selected", ())) > 0
     rings = [{"name": f"{name} ({len(pos):,})", "colour": PC.RING_COLOURS[min(i, 1)], "positions": pos,
               "blob": PC.positions_bytes(pos), "selection": name == "selected"}
              for i, (name, pos) in enumerate(marked.items()) if len(pos)]
     galaxy_map(points=points, n=ctx.data.n, colour=colour, colour_spec=spec, classes=ctx.data.class_names,
                has_predictions=ctx.data.has_predictions, highlight=ctx.highlight, rings=rings, stars=stars,
-               hover=hover_info(ctx), height=height, point_size=marker_size(ctx.data.n),
-               key=EVENT_KEY, on_change=lambda: _on_event(ctx))
+               hover=hover_info(ctx, key), height=height, point_size=marker_size(ctx.data.n),
+               key=key, on_change=lambda: _on_event(ctx, key))
     legend = " · ".join(r["name"] for r in rings)
     st.caption(f"{ctx.data.n:,} galaxies drawn with WebGL from {len(points) + len(colour):,} bytes "
                f"({(len(points) + len(colour)) / max(ctx.data.n, 1):.0f} per galaxy). Box, Lasso and Pan at the "

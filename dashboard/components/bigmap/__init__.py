@@ -22,7 +22,7 @@ def media_url(blob: bytes, name: str) -> str:
     (re-registered on every rerun, as st.image does; identical bytes, same URL)."""
     from streamlit import runtime
 
-    return runtime.get_instance().media_file_mgr.add(blob, "application/octet-stream", f"bigmap.{name}")
+    return runtime.get_instance().media_file_mgr.add(blob, "application/octet-stream", f"galaxy_map.{name}")
 
 
 def galaxy_map(*, points: bytes, n: int, colour: bytes, colour_spec: dict, classes: list[str],
@@ -35,9 +35,10 @@ def galaxy_map(*, points: bytes, n: int, colour: bytes, colour_spec: dict, class
     selection}] drawn on top. ``stars``: {x, y, text} of another dataset's placed galaxies.
     """
     ring_args = [{"name": r["name"], "colour": r["colour"], "count": int(len(r["positions"])),
-                  "selection": bool(r.get("selection")), "url": media_url(r["blob"], f"ring{i}")}
+                  "selection": bool(r.get("selection")), "url": media_url(r["blob"], f"{key}.ring{i}")}
                  for i, r in enumerate(rings)]
-    return _component(points_url=media_url(points, "points"), n=int(n), colour_url=media_url(colour, "colour"),
+    return _component(points_url=media_url(points, f"{key}.points"), n=int(n),
+                      colour_url=media_url(colour, f"{key}.colour"),
                       colour=colour_spec, classes=list(classes), has_predictions=bool(has_predictions),
                       highlight=[int(c) + 1 for c in highlight], rings=ring_args, stars=stars, hover=hover,
                       height=int(height), point_size=float(point_size), key=key, on_change=on_change, default=None)

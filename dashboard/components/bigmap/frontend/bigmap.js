@@ -31,7 +31,11 @@ window.__bigmap = { fetchedBytes: 0, loads: performance.now(), paints: 0, lastRe
                     events: 0, error: null };
 
 // ------------------------------------------------------------------ WebGL
-const glCanvas = $("gl"), overlay = $("overlay"), octx = overlay.getContext("2d");
+// Three stacked canvases: the points (WebGL), marks (rings, stars: redrawn when the view or
+// the rings change) and the overlay (hover ring, box/lasso outline: redrawn as the pointer moves).
+const glCanvas = $("gl"), marks = $("marks"), mctx = marks.getContext("2d"), overlay = $("overlay"),
+      octx = overlay.getContext("2d");
+const MAX_SHADED = 100000;  // a bigger ring set is shaded with an even subsample: same picture, bounded cost
 const gl = glCanvas.getContext("webgl2", { antialias: false, premultipliedAlpha: true, preserveDrawingBuffer: false });
 
 function shader(type, src) {
@@ -230,11 +234,12 @@ async function loadRing(url) {
 function resize() {
   const w = document.body.clientWidth, h = S.args.height;
   $("wrap").style.height = h + "px";
-  for (const c of [glCanvas, overlay]) {
+  for (const c of [glCanvas, marks, overlay]) {
     c.style.width = w + "px"; c.style.height = h + "px";
     c.width = Math.round(w * S.dpr); c.height = Math.round(h * S.dpr);
   }
   octx.setTransform(S.dpr, 0, 0, S.dpr, 0, 0);
+  mctx.setTransform(S.dpr, 0, 0, S.dpr, 0, 0);
   for (const L of S.layers) for (const t of [L.front, L.back]) { gl.deleteTexture(t.tex); gl.deleteFramebuffer(t.fbo); }
   S.layers = (S.classRanges || []).map((r) => ({ ...r, front: makeTarget(glCanvas.width, glCanvas.height),
                                                  back: makeTarget(glCanvas.width, glCanvas.height) }));
@@ -325,38 +330,47 @@ function frame() {
            + " · wheel zooms, double-click resets");
   }
   composite();
+  drawMarks();
   drawOverlay();
   if (S.job.length) schedule();
 }
 
-function drawOverlay() {
-  octx.clearRect(0, 0, W(), H());
+function drawMarks() {
+  mctx.clearRect(0, 0, W(), H());
   let ringsShown = 0;
   for (const ring of S.ringSets || []) {
     const pos = S.rings[ring.url]; if (!pos) continue;
-    octx.strokeStyle = ring.colour; octx.fillStyle = ring.colour; octx.lineWidth = 1.5;
-    const big = pos.length > 4000, r = Math.max(pointSize() * 1.1, 4.5);
-    octx.beginPath();
-    for (let k = 0; k < pos.length; k++) {
+    mctx.strokeStyle = ring.colour; mctx.fillStyle = ring.colour; mctx.lineWidth = 1.5;
+    const big = pos.length > 4000, r = Math.max(pointSize() * 1.1, 4.5), step = Math.max(1, Math.ceil(pos.length / MAX_SHADED));
+    mctx.beginPath();
+    for (let k = 0; k < pos.length; k += step) {
       const i = pos[k]; if (i >= S.n) continue;
       const [sx, sy] = toScreen(S.x[i], S.y[i]);
       if (sx < -r || sy < -r || sx > W() + r || sy > H() + r) continue;
-      if (big) octx.rect(sx - 1.5, sy - 1.5, 3, 3); else { octx.moveTo(sx + r, sy); octx.arc(sx, sy, r, 0, 2 * Math.PI); }
+      if (big) mctx.rect(sx - 1.5, sy - 1.5, 3, 3); else { mctx.moveTo(sx + r, sy); mctx.arc(sx, sy, r, 0, 2 * Math.PI); }
       ringsShown++;
     }
-    if (big) { octx.globalAlpha = 0.45; octx.fill(); octx.globalAlpha = 1; } else octx.stroke();  // a big set: shading
+    if (big) { mctx.globalAlpha = 0.45; mctx.fill(); mctx.globalAlpha = 1; } else mctx.stroke();  // a big set: shading
   }
   window.__bigmap.ringsShown = ringsShown;
-  const stars = S.args.stars;
+  const stars = S.args && S.args.stars;
   if (stars) for (let k = 0; k < stars.x.length; k++) {
     const [sx, sy] = toScreen(stars.x[k], stars.y[k]);
-    star(sx, sy, k === S.hoverStar ? 9 : 7);
+    star(sx, sy, 7);
   }
+}
+
+function drawOverlay() {  // cheap: runs on every pointer move
+  octx.clearRect(0, 0, W(), H());
   if (S.shape && S.shape.length > 1) {
     octx.strokeStyle = "#333"; octx.setLineDash([4, 3]); octx.lineWidth = 1;
     octx.beginPath();
     S.shape.forEach(([x, y], k) => { const [sx, sy] = toScreen(x, y); k ? octx.lineTo(sx, sy) : octx.moveTo(sx, sy); });
     octx.closePath(); octx.stroke(); octx.setLineDash([]);
+  }
+  if (S.hoverStar >= 0) {
+    const stars = S.args.stars, [sx, sy] = toScreen(stars.x[S.hoverStar], stars.y[S.hoverStar]);
+    star(sx, sy, 10);
   }
   if (S.hover >= 0) {
     const [sx, sy] = toScreen(S.x[S.hover], S.y[S.hover]);
@@ -365,13 +379,13 @@ function drawOverlay() {
   }
 }
 
-function star(x, y, r) {
-  octx.beginPath();
+function star(x, y, r, c = r > 8 ? octx : mctx) {
+  c.beginPath();
   for (let k = 0; k < 10; k++) {
     const a = -Math.PI / 2 + k * Math.PI / 5, rr = k % 2 ? r * 0.45 : r;
-    k ? octx.lineTo(x + rr * Math.cos(a), y + rr * Math.sin(a)) : octx.moveTo(x + rr * Math.cos(a), y + rr * Math.sin(a));
+    k ? c.lineTo(x + rr * Math.cos(a), y + rr * Math.sin(a)) : c.moveTo(x + rr * Math.cos(a), y + rr * Math.sin(a));
   }
-  octx.closePath(); octx.fillStyle = "gold"; octx.fill(); octx.strokeStyle = "#000"; octx.lineWidth = 1; octx.stroke();
+  c.closePath(); c.fillStyle = "gold"; c.fill(); c.strokeStyle = "#000"; c.lineWidth = 1; c.stroke();
 }
 
 function status(text) { $("status").textContent = text; }
