@@ -100,11 +100,13 @@ def map_frame(page):
 
 
 def open_page(browser, url: str, n: int, renderer: str) -> tuple:
-    """(page, frame or None, wire, seconds to first paint)."""
+    """(page, frame or None, wire, seconds to first paint, seconds to the page shell)."""
     page = browser.new_page(viewport={"width": 1500, "height": 1000})
     wire = Wire(page)
     t = time.perf_counter()
     page.goto(url)
+    page.get_by_text("Galaxy embedding explorer").first.wait_for(timeout=300_000)
+    shell = time.perf_counter() - t
     frame = None
     if renderer == "webgl":
         frame = map_frame(page)
@@ -115,7 +117,7 @@ def open_page(browser, url: str, n: int, renderer: str) -> tuple:
             raise RuntimeError(f"the map failed: {error}")
     else:
         page.wait_for_function(PLOTLY_DRAWN, arg=n, timeout=600_000, polling=50)
-    return page, frame, wire, time.perf_counter() - t
+    return page, frame, wire, time.perf_counter() - t, shell
 
 
 def highlight(page, frame, on: bool, renderer: str) -> float:
@@ -174,9 +176,9 @@ def measure(cache: Path, n: int, renderer: str) -> dict:
     try:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page, frame, wire, out["first paint, first visit (s)"] = open_page(browser, url, n, renderer)
+            page, frame, wire, out["first paint, first visit (s)"], _ = open_page(browser, url, n, renderer)
             page.close()
-            page, frame, wire, out["first paint (s)"] = open_page(browser, url, n, renderer)
+            page, frame, wire, out["first paint (s)"], out["page shell shown (s)"] = open_page(browser, url, n, renderer)
             page.wait_for_timeout(500)
             out["media bytes per galaxy"] = round(wire.media / n, 2)
             out["bytes per galaxy"] = round((wire.media + wire.ws) / n, 2)
@@ -186,6 +188,8 @@ def measure(cache: Path, n: int, renderer: str) -> dict:
                     .getContext('webgl2'); const x = gl && gl.getExtension('WEBGL_debug_renderer_info');
                     return x ? gl.getParameter(x.UNMASKED_RENDERER_WEBGL) : (gl ? 'webgl2' : 'none'); }""")
                 out["full redraw in the browser (s)"] = round(frame.evaluate("() => window.__bigmap.lastRenderMs") / 1000, 3)
+                at = frame.evaluate("() => [window.__bigmap.argsAt, window.__bigmap.pointsReadyAt, window.__bigmap.firstPaintAt]")
+                out["in the map's frame (s): args arrive, points ready, painted"] = [round(v / 1000, 3) for v in at]
             trips, ws_bytes = [], []
             for on in (True, False, True, False):
                 before = wire.ws + wire.media

@@ -194,6 +194,7 @@ async function fetchBytes(url) {
 
 async function loadPoints(url, n) {
   status(`loading ${n.toLocaleString()} galaxies…`);
+  window.__bigmap.argsAt = performance.now();  // the first arguments arrived from Streamlit
   const buf = await fetchBytes(url);
   if (buf.byteLength < 11 * n) throw new Error(`point columns too short: ${buf.byteLength} bytes for ${n} galaxies`);
   S.n = n;
@@ -214,6 +215,7 @@ async function loadPoints(url, n) {
   for (let c = 0; c < 256; c++) if (counts[c + 1] > counts[c]) S.classRanges.push({ code: c, start: counts[c], count: counts[c + 1] - counts[c] });
   buildGrid();
   window.__bigmap.loadedPoints = n;
+  window.__bigmap.pointsReadyAt = performance.now();  // fetched, sorted by class, indexed for hover
 }
 
 async function loadColour(url) {
@@ -325,6 +327,7 @@ function frame() {
     S.front = Object.assign({}, S.renderView);
     gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, new Uint8Array(4));  // wait for the GPU: honest timings
     window.__bigmap.lastRenderMs = performance.now() - S.renderStarted;
+    if (!window.__bigmap.paints) window.__bigmap.firstPaintAt = performance.now();  // ms since the frame opened
     window.__bigmap.paints++;
     status(`${S.n.toLocaleString()} galaxies · drawn in ${(window.__bigmap.lastRenderMs / 1000).toFixed(1)} s`
            + " · wheel zooms, double-click resets");
