@@ -7,6 +7,8 @@ Layout under the cache folder (``--cache DIR``, else ``$EXPLORER_CACHE``, else
     projections/<key>.parquet   one per (features run, method, parameters)
     evaluations/<key>.json      one per features run with predictions (+ summary.json)
     checkpoints/                checkpoints the demo and `finetune` build
+    layers/<key>.parquet        per-layer features of features/<key> (extract --layers), + analyses
+    attention/<key>.npz         attention maps of one galaxy x checkpoint
 
 Every parquet carries its provenance as JSON under the key-value metadata key
 ``explorer``. Files are written to ``.<name>.tmp-<pid>`` and renamed, so a
@@ -28,7 +30,7 @@ import pyarrow.parquet as pq
 
 META_KEY = b"explorer"
 REPO_ROOT = Path(__file__).resolve().parents[1]
-KINDS = ("features", "projections", "evaluations", "checkpoints")
+KINDS = ("features", "projections", "evaluations", "checkpoints", "layers", "attention")
 
 
 def cache_dir(explicit: str | os.PathLike | None = None) -> Path:
@@ -177,7 +179,7 @@ def list_runs(cache=None) -> list[dict]:
     """
     cache = cache_dir(cache)
     runs = []
-    for kind, label in (("features", "features"), ("projections", "projection")):
+    for kind, label in (("features", "features"), ("projections", "projection"), ("layers", "layers")):
         for p in sorted((cache / kind).glob("*.parquet")):
             if p.name.startswith("."):
                 continue

@@ -11,6 +11,7 @@ path runs on a machine without datasets, h5py, Streamlit or umap.
 """
 from __future__ import annotations
 
+import contextlib
 import platform
 import queue
 import sys
@@ -26,10 +27,12 @@ import pyarrow as pa
 
 from . import __version__
 from . import cache as store
+from . import layerfeatures
 from .data import normalize_ref, open_dataset
 from .data.base import SourceError
 from .errors import UserError
 from .models import POOLINGS, describe, fingerprint_dir, load_checkpoint, resolve
+from .preprocess import load_batch
 
 MODES = ("generic", "head", "full")
 _DONE = object()
@@ -72,23 +75,35 @@ def plan(dataset, model_ref: str, pooling: str = "auto", split: str = "all", mod
 
 def extract(dataset_ref, model_ref: str, mode: str | None = None, split: str = "all", pooling: str = "auto",
             device: str = "auto", batch_size: int | None = None, cache=None, progress: bool = True,
-            compile: bool = False, workers: int | None = None, log=print) -> tuple:
+            compile: bool = False, workers: int | None = None, log=print, layers: str | None = None) -> tuple:
     """Compute (or find cached) features. Returns (parquet path, provenance, was_cached).
 
     ``dataset_ref`` is a reference string or an opened Dataset. A cache hit loads no
-    model; two identical requests at once compute once (file lock).
+    model; two identical requests at once compute once (file lock). ``layers``
+    ("all", "last", "1,4,9-12"): also store those blocks' pooled features from the
+    same pass (see ``core.layerfeatures``).
     """
     ds = open_dataset(dataset_ref) if isinstance(dataset_ref, str) else dataset_ref
     path, info = plan(ds, model_ref, pooling, split, mode, cache)
     model_ref = info["model"]
-    prov = cached(path)
+    info["layers"] = layerfeatures.requested(resolve(model_ref, cache), layers, info["family"])
+
+    def hit():
+        prov = cached(path)
+        return prov if prov and (not info["layers"] or layerfeatures.cached(
+            layerfeatures.layers_path(path), info["layers"])) else None
+
+    prov = hit()
     if prov:
         return path, prov, True
     with store.compute_lock(path):
-        prov = cached(path)  # someone else may have finished while we waited
+        prov = hit()  # someone else may have finished while we waited
         if prov:
             return path, prov, True
-        if path.exists():
+        old = layerfeatures.cached(layerfeatures.layers_path(path), None)
+        if info["layers"] and old:  # keep the blocks stored before
+            info["layers"] = sorted(set(info["layers"]) | set(old.get("layers", [])))
+        if path.exists() and not cached(path):
             log(f"cached features {path.name} are damaged: recomputing")
         prov = _compute(ds, model_ref, info, path, _pick_device(device), batch_size, cache, progress, compile, log,
                         workers)
@@ -134,7 +149,8 @@ def _compute(ds, model_ref, info, path, device, batch_size, cache, progress, com
     t0 = time.time()
     ck = load_checkpoint(model_ref, device=device, cache=cache)
     t_loaded = time.time()
-    if compile and device == "cuda":
+    layers = info.pop("layers", None)
+    if compile and device == "cuda" and not layers:  # hooks for per-layer features need the eager module
         ck.compile()
     on_gpu = device == "cuda"
     batch_size = batch_size or (256 if on_gpu else 64)
@@ -148,8 +164,8 @@ def _compute(ds, model_ref, info, path, device, batch_size, cache, progress, com
 
     workers = workers or (4 if on_gpu else 1)
 
-    def load(chunk):
-        t = torch.from_numpy(ds.batch(chunk))
+    def load(chunk):  # each image resampled once, from its original size (core.preprocess)
+        t = load_batch(ds, chunk, ck.preprocess)
         return chunk, (t.pin_memory() if on_gpu else t)
 
     def read():
@@ -184,12 +200,17 @@ def _compute(ds, model_ref, info, path, device, batch_size, cache, progress, com
             f"{s['file']} ({s['reason']})" for s in ds.skipped[:5]) + (" ..." if len(ds.skipped) > 5 else ""))
 
     writer_state = {}
+    layer_writer = layers and layerfeatures.LayerWriter(layerfeatures.layers_path(path), layerfeatures.provenance_for(
+        info, path.stem, layers, ck.family))
+    hidden = layerfeatures.HiddenStates(ck.backbone) if layers else None
 
     def write():
         try:
             w = None
             while (item := results.get()) is not _DONE:
-                chunk, feats, logits = item
+                chunk, feats, logits, pooled = item
+                if pooled:
+                    layer_writer.write(ds, chunk, pooled)
                 feats = feats.float().cpu().numpy()
                 if w is None:  # the embedding width is known for sure only after one batch
                     s = _schema(feats.shape[1], n_classes, first_meta.schema)
@@ -221,17 +242,18 @@ def _compute(ds, model_ref, info, path, device, batch_size, cache, progress, com
     bar = tqdm(total=len(rows), unit="img", desc=f"extract {ck.family}-{ck.size_name} on {device}",
                disable=not progress, file=sys.stderr, smoothing=0.1)
     try:
-        with torch.inference_mode():
+        with torch.inference_mode(), (hidden or contextlib.nullcontext()):
             while not errors and (item := ready.get()) is not _DONE:
                 chunk, images = item
                 x = images.to(device, non_blocking=True)
                 short = batch_size - len(chunk) if compile else 0
                 if short:  # a compiled graph is specialised to the batch shape: pad the last batch
                     x = torch.cat([x, x[:1].expand(short, *x.shape[1:])])
-                feats, logits = ck.forward(ck.preprocess(x), info["pooling"])
+                feats, logits = ck.forward(x if x.is_floating_point() else ck.preprocess(x), info["pooling"])
                 if short:
                     feats, logits = feats[: len(chunk)], None if logits is None else logits[: len(chunk)]
-                results.put((chunk, feats, logits))
+                pooled = hidden and layerfeatures.pool_layers(hidden.pop(), layers, ck.has_cls, ck.num_prefix_tokens)
+                results.put((chunk, feats, logits, pooled))
                 bar.update(len(chunk))
     except BaseException as e:  # includes KeyboardInterrupt: the temp file must go
         errors.append(e)
@@ -248,10 +270,15 @@ def _compute(ds, model_ref, info, path, device, batch_size, cache, progress, com
     if errors:
         if w:
             w.__exit__(type(errors[0]), errors[0], None)
+        if layer_writer:
+            layer_writer.close(ok=False, exc=errors[0])
         raise errors[0]
     prov["seconds"] = round(time.time() - t0, 3)
     prov["load_seconds"] = round(t_loaded - t0, 3)  # model load; the rest is the streaming pipeline
     prov["images_per_s"] = round(len(rows) / prov["seconds"], 1)
+    if layer_writer:
+        layer_writer.close()
+        log(f"{len(layers)} {layerfeatures.unit_name(ck.family)}s -> {layer_writer.path}")
     w.__exit__(None, None, None)  # writes the provenance, renames into place
     log(f"{len(rows)} images -> {path} ({prov['seconds']:.1f} s, {len(rows) / prov['seconds']:.0f} img/s)")
     return store.provenance(path)
@@ -289,8 +316,12 @@ def add_parser(sub):
                    "finetune) or full (full finetune); default: what finetune recorded, else generic/full by head")
     p.add_argument("--split", default="all", choices=("all", "train", "test"))
     p.add_argument("--pooling", default="auto", choices=POOLINGS,
-                   help="cls: CLS token (the paper); mean: mean of patch tokens; pooler: pooler_output "
-                   "(SwinV2 has no CLS token); auto: cls where there is one")
+                   help="auto (default): what the family's classifier reads (DINOv2, ViT: CLS after the final "
+                   "LayerNorm, the paper's; BEiT, SwinV2: pooler); cls: CLS token; mean: mean of patch tokens; "
+                   "cls+mean: CLS and mean concatenated (what Dinov2ForImageClassification reads); "
+                   "pooler: pooler_output")
+    p.add_argument("--layers", metavar="all|LIST", help="also store each chosen block's pooled features (CLS "
+                   "and mean of patch tokens; SwinV2: per stage) from the same pass, e.g. all, last, 1,4,9-12")
     p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     p.add_argument("--batch-size", type=int, help="default 256 on GPU, 64 on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; pays off on large sets)")
@@ -303,9 +334,11 @@ def _run(args) -> int:
         raise UserError("--batch-size must be a positive integer")
     path, prov, hit = extract(args.dataset, args.model, mode=args.mode, split=args.split, pooling=args.pooling,
                               device=args.device, batch_size=args.batch_size, cache=args.cache,
-                              compile=args.compile)
+                              compile=args.compile, layers=args.layers)
     if hit:
         print(f"cache hit: {path} ({prov['rows']} rows x {prov['dim']})")
+        if args.layers:
+            print(f"per-layer features: {layerfeatures.layers_path(path)}")
     return 0
 
 

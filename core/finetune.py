@@ -13,10 +13,11 @@ What is saved (always through a staging folder renamed into place, so a
 killed run never leaves a checkpoint that loads):
 - ``--head linear`` on a model whose HF class has a ``classifier`` (DINOv2,
   ViT, BEiT, SwinV2): a standard ``*ForImageClassification`` checkpoint that
-  plain transformers loads; its classifier sees whatever the HF class feeds
-  it (for DINOv2 concat(CLS, mean patch tokens), 2 x hidden).
-- MLP heads: the base model + ``explorer_head.safetensors`` on pooled
-  features (CLS, or the pooler where there is no CLS), see `core.heads`.
+  plain transformers loads; its classifier sees what the HF class feeds it
+  (`core.pooling`: for DINOv2 concat(CLS, mean patch tokens), 2 x hidden;
+  for BEiT its pooler).
+- MLP heads: the base model + ``explorer_head.safetensors`` on the same
+  pooled features as the family's classifier, see `core.heads`.
 - ``explorer.json``: provenance; ``training_log.json``: one entry per epoch.
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ from torch import nn
 from . import cache as store
 from .errors import UserError
 from .heads import HEADS, build_head, head_spec
+from .pooling import classifier_pooling
 
 MODES = ("head", "full")
 SCHEDULES = ("linear", "onecycle")
@@ -150,7 +152,7 @@ def _std_classifier(ck, labels: dict) -> nn.Linear | None:
     checkpoint predicts other classes), or None when there is no such classifier."""
     model = ck.model
     clf = getattr(model, "classifier", None)
-    if model is ck.backbone or not isinstance(clf, nn.Linear):
+    if model is ck.backbone or not isinstance(clf, nn.Linear) or ck.classifier_pooling is None:
         return None
     if clf.out_features != len(labels) or _names(ck.id2label) != _names(labels):
         # another task's head (ImageNet, another galaxy set): same inputs, new classes
@@ -164,31 +166,22 @@ def _std_classifier(ck, labels: dict) -> nn.Linear | None:
 
 
 class _Net(nn.Module):
-    """images -> logits for training: the HF classifier path or backbone + pooled + head."""
+    """images -> logits for training: backbone -> the pooled features the head reads
+    (for HF's classifier, exactly what its ``*ForImageClassification`` feeds it) -> head."""
 
-    def __init__(self, ck, head: nn.Module | None, pooling: str):
+    def __init__(self, ck, head: nn.Module, pooling: str):
         super().__init__()
         self.ck, self.head, self.pooling = ck, head, pooling
-        self.body = ck.model if head is None else ck.backbone
+        self.body = ck.backbone
 
     def head_inputs(self, pixel_values):
         """What the trained head sees (used for head-only feature caching)."""
-        if self.head is None:
-            got = {}
-            hook = self.ck.model.classifier.register_forward_pre_hook(lambda m, a: got.setdefault("x", a[0]))
-            try:
-                self.ck.model(pixel_values=pixel_values)
-            finally:
-                hook.remove()
-            return got["x"]
         return self.ck.pool(self.ck.backbone(pixel_values=pixel_values), self.pooling)
 
     def classify(self, feats):
-        return self.ck.model.classifier(feats) if self.head is None else self.head(feats)
+        return self.head(feats)
 
     def forward(self, pixel_values):
-        if self.head is None:
-            return self.ck.model(pixel_values=pixel_values).logits
         return self.head(self.head_inputs(pixel_values))
 
 
@@ -261,7 +254,7 @@ def finetune(dataset, model_ref: str, mode: str, head: str = "linear", epochs: i
     if hasattr(ck.backbone, "explorer_head"):  # a previous MLP head: replaced, not saved twice
         del ck.backbone.explorer_head
     clf = _std_classifier(ck, labels) if head == "linear" else None
-    pooling = ck.default_pooling()
+    pooling = ck.classifier_pooling or classifier_pooling(ck.family) or ck.default_pooling()  # MLPs read the same
     trained_head = None
     if clf is None:  # MLP, or a linear head where the HF class has no classifier to reuse
         with torch.no_grad():
@@ -269,7 +262,7 @@ def finetune(dataset, model_ref: str, mode: str, head: str = "linear", epochs: i
             in_dim = ck.pool(ck.backbone(pixel_values=probe), pooling).shape[-1]
         torch.manual_seed(seed)
         trained_head = build_head(head, in_dim, n_classes, hidden=hidden).to(dev)
-    net = _Net(ck, trained_head, pooling)
+    net = _Net(ck, trained_head if trained_head is not None else clf, pooling)
     if lr is None:
         lr = 1e-3 if mode == "head" else (1e-4 if ck.family == "vit" else 5e-5)
     ck.model.requires_grad_(mode == "full")
@@ -277,7 +270,7 @@ def finetune(dataset, model_ref: str, mode: str, head: str = "linear", epochs: i
     for p in trainable:
         p.requires_grad_(True)
     if mode == "full":
-        trainable = list(net.body.parameters()) + (trainable if trained_head is not None else [])
+        trainable = list(net.body.parameters()) + trainable
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(train) / batch_size)
     scheduler = lr_schedule(optimizer, schedule, lr, epochs * steps_per_epoch, warmup)

@@ -22,6 +22,13 @@ def _size(n: int) -> str:
         n /= 1024
 
 
+def _blocks(layers) -> str:
+    layers = list(layers or [])
+    if len(layers) > 1 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))
+
+
 def run(args) -> int:
     runs = store.list_runs(args.cache)
     if args.json:
@@ -38,6 +45,9 @@ def run(args) -> int:
         elif r["kind"] == "projection":
             what = f"{r.get('method')} of {r.get('features_run')}" + (f" aligned to {r['aligned_to']}" if r.get("aligned_to") else "")
             shape = f"{r.get('rows')} x 2"
+        elif r["kind"] == "layers":
+            what = f"{r.get('unit')}s {_blocks(r.get('layers'))} of {r.get('features_run')} ({'+'.join(r.get('kinds') or [])})"
+            shape = f"{r.get('rows')} x {len(r.get('layers') or [])} {r.get('unit')}(s)"
         else:
             what = f"evaluation of {r.get('features_run')}  macro F1 {r.get('macro_f1')}"
             shape = ""

@@ -10,32 +10,34 @@ A reference is an explicit string:
 ==================  ===========================================================
 
 Everything goes through the transformers Auto classes; ``trust_remote_code`` is
-never set. MLP heads that the Auto classes cannot express are stored beside the
-backbone (``explorer_head.safetensors`` + an ``explorer_head`` key in config.json)
-and rebuilt by ``core.heads``.
+never set and only safetensors weights are read (a ``pytorch_model.bin``-only
+folder is a one-line error naming the conversion). MLP heads that the Auto
+classes cannot express are stored beside the backbone
+(``explorer_head.safetensors`` + an ``explorer_head`` key in config.json) and
+rebuilt by ``core.heads``.
+
+The pieces of a loaded checkpoint live in their own modules: images -> pixel
+values in `core.preprocess` (the checkpoint's own image processor), backbone
+output -> features in `core.pooling` (what the family's classifier reads), and
+writing a checkpoint in `core.saving`. Features and logits come from one
+backbone pass and no hooks, so ``--compile`` compiles the backbone alone.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from . import cache as store
 from .data import split_ref
 from .data.base import SourceError
+from .pooling import NO_CLS, POOLINGS, classifier_pooling, default_pooling, pool  # noqa: F401  (POOLINGS: CLI)
+from .preprocess import Preprocessor, processor_config
 
-POOLINGS = ("auto", "cls", "mean", "pooler")
 FAMILIES = ("dinov2", "vit", "beit", "swinv2")
-IMAGENET_MEAN = [0.485, 0.456, 0.406]
-IMAGENET_STD = [0.229, 0.224, 0.225]
-_SIZES = {384: "small", 768: "base", 1024: "large", 1536: "giant", 192: "tiny", 128: "nano"}
 
 
 def resolve(ref: str, cache=None) -> Path:
@@ -90,34 +92,50 @@ def fingerprint_dir(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _processor_config(path: Path, config) -> dict:
-    f = path / "preprocessor_config.json"
-    proc = json.loads(f.read_text()) if f.is_file() else {}
-    image_size = getattr(config, "image_size", 224)
-    image_size = image_size[0] if isinstance(image_size, (list, tuple)) else image_size
-    proc.setdefault("do_resize", True)
-    proc.setdefault("size", {"height": image_size, "width": image_size})
-    proc.setdefault("do_rescale", True)
-    proc.setdefault("rescale_factor", 1 / 255)
-    proc.setdefault("do_normalize", True)
-    proc.setdefault("image_mean", IMAGENET_MEAN)
-    proc.setdefault("image_std", IMAGENET_STD)
-    proc.setdefault("resample", 3)
-    return proc
+def _check_weights(path: Path, ref: str) -> None:
+    """Refuse folders whose weights are only pickles (``pytorch_model.bin``): loading
+    one runs arbitrary code, so we never do; say how to convert instead."""
+    if any(path.glob("*.safetensors")):
+        return
+    if any(path.glob("*.bin")) or any(path.glob("*.pt")):
+        raise SourceError(
+            f"{ref} has only pickle weights (pytorch_model.bin), which are not loaded (unpickling runs code): "
+            "convert them once with `AutoModel.from_pretrained(PATH).save_pretrained(OUT)` (safetensors) "
+            "and use dir:OUT")
+    raise SourceError(f"{ref} has no weights (*.safetensors) beside its config.json: check the folder or hub id")
 
 
-def _hw(size, default) -> tuple[int, int] | int:
-    if size is None:
-        return default
-    if isinstance(size, int):
-        return (size, size)
-    if "height" in size:
-        return (size["height"], size["width"])
-    return int(size["shortest_edge"])  # an int means "shortest edge"
+_WIDTH_SIZES = {128: "nano", 192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge", 1536: "giant"}
+_SWIN_SIZES = {96: "tiny/small", 128: "base", 192: "large"}  # SwinV2 sizes by the first stage's width
+
+
+def size_name(ref: str, config, base_model: str | None = None) -> str:
+    """The size word of a checkpoint: from its name (hub id or folder name, else the
+    base it was finetuned from) when that says it, else from the config's widths
+    (SwinV2 by its first stage: its last stage is 8x wider)."""
+    from .evaluation import model_size
+
+    for name in (ref, base_model):
+        body = str(name or "").split(":", 1)[-1].rstrip("/")
+        size = model_size(body if body.count("/") <= 1 and not body.startswith("/") else Path(body).name)
+        if size:
+            return size
+    if config.model_type in ("swinv2", "swin"):
+        return _SWIN_SIZES.get(getattr(config, "embed_dim", 0), f"embed {getattr(config, 'embed_dim', '?')}")
+    hidden = getattr(config, "hidden_size", 0)
+    return _WIDTH_SIZES.get(hidden, f"hidden {hidden}")
 
 
 @dataclass
 class Checkpoint:
+    """A loaded checkpoint: its backbone, its classifier (a standard HF head or an
+    MLP head from `core.heads`, or none) and how images go in.
+
+    ``model`` is what is saved (the HF classifier model, or the backbone carrying an
+    MLP head); ``backbone`` is what features are read from; ``classifier`` maps
+    ``classifier_pooling`` features to logits.
+    """
+
     ref: str
     path: Path
     model: torch.nn.Module
@@ -127,12 +145,15 @@ class Checkpoint:
     id2label: dict | None
     fingerprint: str
     processor_config: dict
-    head: torch.nn.Module | None = None
+    head: torch.nn.Module | None = None  # an MLP/linear head of core.heads (not HF's own)
     head_spec: dict | None = None
     mode: str | None = None
     provenance: dict = field(default_factory=dict)
     has_cls: bool = True
     num_prefix_tokens: int = 1
+    classifier: torch.nn.Module | None = None  # maps classifier_pooling features to logits
+    classifier_pooling: str | None = None
+    size: str | None = None
 
     @property
     def has_head(self) -> bool:
@@ -140,7 +161,7 @@ class Checkpoint:
 
     @property
     def size_name(self) -> str:
-        return _SIZES.get(self.hidden_size, f"hidden {self.hidden_size}")
+        return self.size or f"hidden {self.hidden_size}"
 
     @property
     def device(self) -> torch.device:
@@ -151,85 +172,44 @@ class Checkpoint:
         return next(self.model.parameters()).dtype
 
     def default_pooling(self) -> str:
-        return "cls" if self.has_cls else "pooler"
+        return default_pooling(self.family)
 
     def input_size(self) -> tuple[int, int]:
-        p = self.processor_config
-        crop = _hw(p.get("crop_size"), None) if p.get("do_center_crop") else None
-        if crop:
-            return crop
-        size = _hw(p.get("size"), None)
-        return size if isinstance(size, tuple) else (size, size)
+        return Preprocessor(self.processor_config).input_size
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (b, H, W, 3) on any device -> normalised float (b, 3, S, S) in the model's dtype.
-
-        Follows the checkpoint's image-processor config: resize (shortest edge or
-        fixed size, bicubic/bilinear with antialiasing), centre crop, rescale, normalise.
-        """
-        p = self.processor_config
-        x = images.permute(0, 3, 1, 2).float()
-        if p.get("do_resize", True):
-            size = _hw(p.get("size"), None)
-            h, w = x.shape[-2:]
-            if isinstance(size, int):
-                s = size / min(h, w)
-                size = (max(size, round(h * s)), max(size, round(w * s)))
-            if tuple(size) != (h, w):
-                mode = "bicubic" if p.get("resample", 3) == 3 else "bilinear"
-                x = F.interpolate(x, size=tuple(size), mode=mode, antialias=True, align_corners=False)
-        if p.get("do_center_crop"):
-            ch, cw = _hw(p.get("crop_size"), None)
-            h, w = x.shape[-2:]
-            top, left = max(0, (h - ch) // 2), max(0, (w - cw) // 2)
-            x = x[..., top : top + ch, left : left + cw]
-        if p.get("do_rescale", True):
-            x = x * float(p.get("rescale_factor", 1 / 255))
-        if p.get("do_normalize", True):
-            mean = torch.tensor(p.get("image_mean", IMAGENET_MEAN), device=x.device).view(1, -1, 1, 1)
-            std = torch.tensor(p.get("image_std", IMAGENET_STD), device=x.device).view(1, -1, 1, 1)
-            x = (x - mean) / std
-        return x.to(self.dtype)
+        """uint8 (b, H, W, 3) on any device -> normalised (b, 3, S, S) in the model's
+        dtype, as the checkpoint's image processor (see `core.preprocess`)."""
+        return Preprocessor(self.processor_config)(images, self.dtype)
 
     def pool(self, out, pooling: str) -> torch.Tensor:
-        """Pooled features from a backbone output: CLS token, mean of patch tokens, or pooler."""
-        if pooling == "auto":
-            pooling = self.default_pooling()
-        hidden = out.last_hidden_state
-        if hidden.dim() == 4:  # some backbones return (b, c, h, w) maps
-            hidden = hidden.flatten(2).transpose(1, 2)
-        if pooling == "cls":
-            if not self.has_cls:
-                raise SourceError(f"{self.family} has no CLS token: use --pooling pooler or mean")
-            return hidden[:, 0]
-        if pooling == "mean":
-            return hidden[:, self.num_prefix_tokens if self.has_cls else 0 :].mean(1)
-        if pooling == "pooler":
-            pooled = getattr(out, "pooler_output", None)
-            if pooled is None:
-                raise SourceError(f"{self.family} checkpoint has no pooler output: use --pooling cls or mean")
-            return pooled.flatten(1)
-        raise SourceError(f"unknown pooling {pooling!r}: use one of {', '.join(POOLINGS)}")
+        """Features (b, d) of a backbone output (see `core.pooling`)."""
+        return pool(out, pooling, self.family, self.num_prefix_tokens)
 
-    def compile(self) -> "Checkpoint":
-        """torch.compile the model in place (pays off on large GPU runs)."""
-        if self.model is self.backbone:
-            self.model = self.backbone = torch.compile(self.backbone)
-        else:
-            self.model = torch.compile(self.model)
-            self._classifier = True
+    def compile(self, **options) -> "Checkpoint":
+        """torch.compile the backbone in place (pays off on large GPU runs); the
+        classifier is a small module applied after it, so no hooks are needed."""
+        if not self._classifier_unknown():
+            self.backbone = torch.compile(self.backbone, **options)
         return self
 
+    def _classifier_unknown(self) -> bool:
+        return self.classifier is None and self.model is not self.backbone
+
     def forward(self, pixel_values: torch.Tensor, pooling: str = "auto"):
-        """(features (b, d), logits (b, C) or None) from one pass through the model."""
-        if self.model is self.backbone and not getattr(self, "_classifier", False):
-            out = self.backbone(pixel_values=pixel_values)
-            feats = self.pool(out, pooling)
-            logits = None
-            if self.head is not None:
-                head_in = self.pool(out, self.head_spec.get("pooling", "auto"))
-                logits = self.head(head_in.to(next(self.head.parameters()).dtype))
-            return feats, logits
+        """(features (b, d), logits (b, C) or None) from one pass through the backbone."""
+        if self._classifier_unknown():
+            return self._forward_through_model(pixel_values, pooling)
+        out = self.backbone(pixel_values=pixel_values)
+        feats = self.pool(out, pooling)
+        if self.classifier is None:
+            return feats, None
+        head_in = feats if pooling == self.classifier_pooling else self.pool(out, self.classifier_pooling)
+        return feats, self.classifier(head_in.to(self.dtype))
+
+    def _forward_through_model(self, pixel_values, pooling):
+        """A standard head of a family `core.pooling` does not know: run HF's model and
+        read the backbone's output on the way (not compiled)."""
         captured = {}
         hook = self.backbone.register_forward_hook(lambda m, i, o: captured.setdefault("out", o))
         try:
@@ -239,39 +219,10 @@ class Checkpoint:
         return self.pool(captured["out"], pooling), logits
 
     def save(self, out_dir, provenance: dict | None = None) -> Path:
-        """Write a loadable checkpoint atomically: a temp folder renamed into place."""
-        out_dir = Path(out_dir).resolve()
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}-{time.monotonic_ns()}")
-        try:
-            dtype = self.dtype
-            self.model.to(torch.float32)
-            self.model.save_pretrained(tmp)
-            self.model.to(dtype)
-            (tmp / "preprocessor_config.json").write_text(json.dumps(self.processor_config, indent=1))
-            if self.head is not None:
-                from safetensors.torch import save_file
+        """Write a loadable checkpoint atomically (see `core.saving`)."""
+        from .saving import save_checkpoint
 
-                save_file({k: v.float().contiguous() for k, v in self.head.state_dict().items()},
-                          tmp / "explorer_head.safetensors")
-                cfg = json.loads((tmp / "config.json").read_text())
-                if self.head_spec is None:
-                    from .heads import head_spec
-
-                    self.head_spec = head_spec(self.head)
-                cfg["explorer_head"] = self.head_spec
-                cfg["id2label"] = {str(k): v for k, v in (self.id2label or {}).items()}
-                cfg["label2id"] = {v: int(k) for k, v in (self.id2label or {}).items()}
-                (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
-            (tmp / "explorer.json").write_text(json.dumps(provenance or {}, indent=1, default=str))
-            store.replace_dir(tmp, out_dir)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        return out_dir
-
-
-NO_CLS = ("swinv2", "swin", "convnext", "convnextv2", "resnet", "regnet", "efficientnet")
+        return save_checkpoint(self, out_dir, provenance)
 
 
 def recorded_provenance(path: Path) -> dict:
@@ -291,11 +242,12 @@ def describe(path: Path) -> dict:
     family = raw.get("model_type", "unknown")
     arch = (raw.get("architectures") or [""])[0]
     has_head = arch.endswith("ForImageClassification") or "explorer_head" in raw
-    return {"family": family, "has_head": has_head, "default_pooling": "pooler" if family in NO_CLS else "cls",
+    return {"family": family, "has_head": has_head, "default_pooling": default_pooling(family),
             "mode": recorded_provenance(path).get("mode")}
 
 
 def _load_model(cls, path: Path, **kw):
+    kw["use_safetensors"] = True  # never unpickle
     try:
         return cls.from_pretrained(path, attn_implementation="sdpa", **kw)
     except (ValueError, ImportError):  # families without an SDPA implementation
@@ -320,6 +272,7 @@ def load_checkpoint(ref: str, device="cpu", num_labels: int | None = None, id2la
 
     if timm_encoder.is_timm_folder(path):
         return timm_encoder.load(ref, path, device=device, dtype=dtype)
+    _check_weights(path, ref)
     try:
         config = AutoConfig.from_pretrained(path)
     except Exception as e:
@@ -361,15 +314,27 @@ def load_checkpoint(ref: str, device="cpu", num_labels: int | None = None, id2la
     if dtype is None:
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model.to(device=device, dtype=dtype).eval()
-    hidden = getattr(config, "hidden_size", None) or getattr(config, "embed_dim", None)
-    if family == "swinv2" or getattr(config, "model_type", "") in ("swin", "convnext", "resnet"):
-        hidden = getattr(config, "hidden_size", hidden)  # pooled width = last stage width
     prov = recorded_provenance(path)
-    has_cls = family not in NO_CLS
-    prefix = 1 + int(getattr(config, "num_register_tokens", 0) or 0)
+    classifier, classifier_pooling = _classifier(model, backbone, head, head_spec, family)
     return Checkpoint(
-        ref=ref, path=path, model=model, backbone=backbone, family=family, hidden_size=int(hidden),
-        id2label=labels, fingerprint=fingerprint_dir(path), processor_config=_processor_config(path, config),
-        head=head, head_spec=head_spec, mode=prov.get("mode"), provenance=prov, has_cls=has_cls,
-        num_prefix_tokens=prefix,
+        ref=ref, path=path, model=model, backbone=backbone, family=family, hidden_size=int(_feature_width(config)),
+        id2label=labels, fingerprint=fingerprint_dir(path), processor_config=processor_config(path, config),
+        head=head, head_spec=head_spec, mode=prov.get("mode"), provenance=prov, has_cls=family not in NO_CLS,
+        num_prefix_tokens=1 + int(getattr(config, "num_register_tokens", 0) or 0),
+        classifier=classifier, classifier_pooling=classifier_pooling,
+        size=size_name(ref, config, prov.get("base_model")),
     )
+
+
+def _classifier(model, backbone, head, head_spec, family):
+    """(module mapping pooled features to logits, the pooling it reads) of a loaded model."""
+    if head is not None:
+        return head, head_spec.get("pooling") or default_pooling(family)
+    if model is backbone or classifier_pooling(family) is None:
+        return None, None  # no head, or a family whose classifier input we do not know (forward via the model)
+    return model.classifier, classifier_pooling(family)
+
+
+def _feature_width(config) -> int:
+    """Width of the CLS / pooled features: ``hidden_size`` (for SwinV2 the last stage's width)."""
+    return getattr(config, "hidden_size", None) or getattr(config, "embed_dim", None)

@@ -91,7 +91,8 @@ def map_columns(meta: pd.DataFrame, ra: str | None = None, dec: str | None = Non
     if ra:
         missing = [c for c in (ra, dec) if c not in meta.columns]
         if missing:
-            raise CoordinateError(f"coordinate column(s) {', '.join(missing)} not found{' in ' + where if where else ''}"
+            at = f" in {where}" if where else ""
+            raise CoordinateError(f"coordinate column(s) {', '.join(missing)} not found{at}"
                                   f"; columns: {', '.join(map(str, meta.columns))}")
         meta = meta.drop(columns=[c for c in ("ra", "dec") if c in meta.columns and c not in (ra, dec)])
         meta = meta.rename(columns={ra: "ra", dec: "dec"})
@@ -132,7 +133,8 @@ def sexagesimal(ra, dec, precision: int = 1) -> np.ndarray:
     ra_s = _fields(np.where(ok, ra, 0) / 15, precision + 1, wrap=24)
     sign = np.where(np.where(ok, dec, 0) < 0, "-", "+")
     dec_s = _fields(np.abs(np.where(ok, dec, 0)), precision)
-    out = [f"{h:02d}h{m:02d}m{s:0{precision + 4}.{precision + 1}f}s {g}{d:02d}d{dm:02d}m{ds:0{precision + 3}.{precision}f}s"
+    ra_w, dec_w = precision + 4, precision + 3  # seconds field widths (zero-padded)
+    out = [f"{h:02d}h{m:02d}m{s:0{ra_w}.{precision + 1}f}s {g}{d:02d}d{dm:02d}m{ds:0{dec_w}.{precision}f}s"
            if good else "" for good, (h, m, s), g, (d, dm, ds) in zip(ok, zip(*ra_s), sign, zip(*dec_s))]
     return np.asarray(out, dtype=str)
 

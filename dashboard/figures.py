@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from .astro import hover_sky, hover_template
 from .data import MapXY, RunData, class_colour
 
 GREY = "#c9c9c9"
@@ -69,7 +70,7 @@ def _hover(data: RunData, true: int, pred: int, numeric: str | None) -> str:
         out += f"<br>predicted: {names[pred] if 0 <= pred < len(names) else '?'} (%{{customdata[1]:.2f}})"
     if numeric and numeric != "confidence":
         out += f"<br>{numeric}: %{{marker.color:.3g}}"
-    return out + "<extra></extra>"
+    return out + hover_template(data) + "<extra></extra>"
 
 
 def _groups(keys: np.ndarray):
@@ -116,6 +117,8 @@ def map_figure(data: RunData, xy: MapXY, colour_by: str = "true class", highligh
     colour_idx = np.where(grey, -1, colour_idx)  # grey first
     keys = ((colour_idx + 1) * k + (labels + 1)) * k + (preds + 1)
     counts = np.bincount(colour_idx + 1, minlength=len(legend) + 1)
+    sky = hover_sky(data)  # RA, Dec, z as typed customdata columns + a sexagesimal string per point
+    custom = data.custom if sky is None else np.hstack([data.custom, sky[0]])
     traces, seen = [], set()
     for key, pos in _groups(keys):
         c, rest = divmod(key, k * k)
@@ -135,7 +138,8 @@ def map_figure(data: RunData, xy: MapXY, colour_by: str = "true class", highligh
                           colorbar=dict(title=dict(text=numeric), thickness=12, len=0.6))
         # plain dicts: plotly validates them once, ~4x faster than building go.Scattergl objects
         traces.append(dict(
-            type="scattergl", x=xy.x[pos], y=xy.y[pos], customdata=data.custom[pos], text=data.ids[pos],
+            type="scattergl", x=xy.x[pos], y=xy.y[pos], customdata=custom[pos], text=data.ids[pos],
+            **({} if sky is None else {"hovertext": sky[1][pos]}),
             mode="markers", name=name, legendgroup=group, showlegend=group not in seen and group != "numeric",
             hovertemplate=_hover(data, true, pred, numeric if c >= 0 else None), marker=marker, **extra))
         seen.add(group)

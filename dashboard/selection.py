@@ -46,8 +46,9 @@ def cell_from_selection(selection) -> tuple[int, int] | None:
     return None
 
 
-def selection_csv(data: RunData, positions, xy: MapXY | None = None) -> bytes:
-    """CSV of selected galaxies: id, row, split, true class, prediction, confidence, x, y."""
+def selection_csv(data: RunData, positions, xy: MapXY | None = None, layer: str = "ls-dr10") -> bytes:
+    """CSV of selected galaxies: id, row, split, true class, prediction, confidence, x, y,
+    and where the dataset has them ra, dec, redshift and survey links (``layer``)."""
     positions = np.asarray(positions, dtype=np.int64)
     sub = data.frame.iloc[positions]
     out = pd.DataFrame({"id": sub["id"].to_numpy(), "row": sub["row"].to_numpy(), "split": sub["split"].to_numpy(),
@@ -58,6 +59,9 @@ def selection_csv(data: RunData, positions, xy: MapXY | None = None) -> bytes:
     if xy is not None:
         out["x"] = xy.x[positions]
         out["y"] = xy.y[positions]
+    from .astro import sky_columns
+
+    out = pd.concat([out.reset_index(drop=True), sky_columns(sub, layer)], axis=1)
     buf = io.StringIO()
     out.to_csv(buf, index=False)
     return buf.getvalue().encode()

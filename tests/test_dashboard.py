@@ -72,7 +72,7 @@ def view(at: AppTest, name: str) -> AppTest:
 
 def test_first_load_shows_the_full_finetune_tsne_map(cache):
     at = run_app()
-    assert [t.label for t in at.tabs] == ["Map", "Confusion", "Compare", "Neighbours"]
+    assert [t.label for t in at.tabs] == ["Map", "Confusion", "Compare", "Neighbours", "Find", "Unusual"]
     assert at.selectbox(key="dataset").value == "galaxies"
     assert at.selectbox(key="model").value == "DINOv2 · small"
     assert at.radio(key="mode").value == "full" and at.radio(key="mode").options == ["generic", "head", "full"]
@@ -92,7 +92,8 @@ def test_mode_switch_generic_then_head(cache):
     at.radio(key="mode").set_value("generic")
     ok(at.run())
     assert "randomly initialised" in texts(at)
-    assert at.selectbox(key="colour").options == ["true class", "redshift", "pitch_angle"]
+    assert at.selectbox(key="colour").options == ["true class", "redshift", "pitch_angle", "outlier score (kNN)",
+                                                  "outlier score (forest)"]
     assert "demo:generic" in texts(at)
     at.radio(key="mode").set_value("head")
     ok(at.run())

@@ -154,7 +154,8 @@ def test_selection_csv_and_counts(catalog):
     data = D.read_run(_run(catalog, "full"))
     xy = D.MapXY(np.arange(data.n, dtype=np.float32), np.zeros(data.n, np.float32), {})
     csv = pd.read_csv(io.BytesIO(D.selection_csv(data, [3, 1], xy)))
-    assert csv.columns.tolist() == ["id", "row", "split", "true_class", "predicted_class", "confidence", "x", "y"]
+    assert csv.columns.tolist() == ["id", "row", "split", "true_class", "predicted_class", "confidence", "x", "y",
+                                    "redshift"]  # no ra/dec in this fixture: no position or link columns
     assert csv["id"].tolist() == ["gal000003", "gal000001"] and csv["x"].tolist() == [3.0, 1.0]
     counts = D.class_counts(data.frame, np.arange(50), True)
     assert counts["true"].sum() == 50 and counts["predicted"].sum() == 50

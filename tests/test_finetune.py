@@ -117,7 +117,9 @@ def test_mlp_heads_round_trip(data, ckpts, tmp_path, mode, head, family):
     ck, _ = _check_saved(out, data, mode, head)
     assert isinstance(ck.head, MLPHead) and ck.head.kind == head and ck.head.hidden == 24
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["explorer_head"] == {"type": head, "in_dim": 32, "hidden": 24, "num_labels": 2, "pooling": "cls"}
+    # an MLP reads what the family's own classifier reads: DINOv2 concat(CLS, mean patch), ViT the CLS token
+    pooling, in_dim = ("cls+mean", 64) if family == "dinov2" else ("cls", 32)
+    assert cfg["explorer_head"] == {"type": head, "in_dim": in_dim, "hidden": 24, "num_labels": 2, "pooling": pooling}
 
 
 def test_a_failed_finetune_leaves_no_checkpoint(data, ckpts, tmp_path, monkeypatch):

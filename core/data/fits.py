@@ -208,7 +208,8 @@ def open_fits(ref: str, root: Path, image_size: int | str = 256, bands: str = "g
     if not found:
         raise SourceError(f"no usable FITS cutouts in {root} ({len(skipped)} skipped"
                           + (f", e.g. {skipped[0]['file']}: {skipped[0]['reason']}" if skipped else "") + ")")
-    meta = pd.DataFrame({"file": [g[0] for g in found], **{k: [g[3][k] for g in found] for k in ("ra", "dec", "pxscale")},
+    header = {k: [g[3][k] for g in found] for k in ("ra", "dec", "pxscale")}
+    meta = pd.DataFrame({"file": [g[0] for g in found], **header,
                          "bands": ["".join(g[2]) for g in found]})
     labels = np.full(len(found), -1, np.int64)
     splits = np.full(len(found), "test")

@@ -22,6 +22,7 @@ META_FIELDS = ("ra", "dec", "redshift", "pxscale")
 class H5Dataset(Dataset):
     path: Path
     _file = None
+    batches_are_originals = True  # every image is stored at image_size: batches need no resampling
 
     def _images(self):
         # One handle per process, opened lazily (h5py handles do not survive fork/pickle).

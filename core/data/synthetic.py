@@ -558,6 +558,7 @@ class SyntheticDataset(Dataset):
     """Rendered on demand: `_load(rows)` draws each row from its own generator."""
 
     seed: int = 42  # with the labels, all that the pixels depend on
+    batches_are_originals = True  # rendered at image_size
 
     def _load(self, rows: np.ndarray) -> np.ndarray:
         s = self.image_size

@@ -17,7 +17,10 @@ import streamlit as st
 
 from core import cache as store
 
+from core.sky import DEFAULT_LAYER
+
 from .. import data as D
+from ..astro import card_lines
 from ..thumbs import THUMB_PX, placeholder_png, thumbnail_png
 
 log = logging.getLogger("dashboard")
@@ -192,9 +195,10 @@ def focus(galaxy_id: str) -> None:
 # ---------------------------------------------------------------- galleries
 
 def gallery(ctx: Context, positions, key: str, limit: int = 24, columns: int = 8,
-            data: D.RunData | None = None, neighbours_button: bool = True) -> None:
-    """Thumbnails with id, true class, prediction and confidence; each can open its
-    neighbours. ``positions`` index ``data.frame`` (default: the current run)."""
+            data: D.RunData | None = None, neighbours_button: bool = True, notes=None) -> None:
+    """Thumbnails with id, true class, prediction and confidence, sky position, redshift and
+    survey links where known; each can open its neighbours. ``positions`` index ``data.frame``
+    (default: the current run); ``notes``: an extra line per card (e.g. a score)."""
     data = data or ctx.data
     positions = np.asarray(positions, dtype=np.int64)[:limit]
     if not len(positions):
@@ -210,6 +214,9 @@ def gallery(ctx: Context, positions, key: str, limit: int = 24, columns: int = 8
             if data.has_predictions:
                 mark = ":green[✓]" if r["correct"] else ":red[✗]"
                 lines.append(f"{mark} pred: {r['predicted']} ({r['confidence']:.2f})")
+            if notes is not None:
+                lines.append(str(notes[j]))
+            lines += card_lines(r, st.session_state.get("survey_layer") or DEFAULT_LAYER)
             st.caption("  \n".join(lines))
             if neighbours_button:
                 st.button("Neighbours", key=f"{key}-nb-{j}", on_click=focus, args=(str(r["id"]),),

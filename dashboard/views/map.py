@@ -192,7 +192,8 @@ def selection_panel(ctx: Context, key: str = "map") -> None:
     left, right = st.columns([2, 5])
     with left:
         st.dataframe(D.class_counts(ctx.data.frame, pos, ctx.data.has_predictions), width="stretch")
-        st.download_button("Download selection (CSV)", lambda: D.selection_csv(ctx.data, pos, ctx.xy),
+        layer = st.session_state.get("survey_layer") or "ls-dr10"
+        st.download_button("Download selection (CSV)", lambda: D.selection_csv(ctx.data, pos, ctx.xy, layer),
                            file_name="selected-galaxies.csv", mime="text/csv", key=f"{key}-csv",
                            on_click="ignore")
         st.button("Clear selection", key=f"{key}-clear", on_click=clear_picked)

@@ -12,6 +12,7 @@ import streamlit as st
 from .. import data as D
 from ..figures import colour_options
 from .common import Context, map_xy, run_data
+from .unusual import survey_layer, with_outliers
 
 MODE_CAPTIONS = {"generic": "pretrained, frozen", "head": "classifier head only", "full": "all parameters",
                  "finetuned": "mode not recorded"}
@@ -49,7 +50,7 @@ def sidebar(cache, catalog: D.Catalog) -> Context:
                       horizontal=True, index=methods.index("tsne"),
                       help="how the features are flattened to 2-D. Cached for this run: "
                            + (", ".join(D.METHODS[m] for m in cached) or "none"))
-    data = run_data(run)
+    data = with_outliers(cache, run, run_data(run))  # + outlier-score columns (colour by them)
     aligned_to = None
     if D.run_mode(run) != "generic":
         generic = catalog.counterpart(run, "generic")
@@ -60,6 +61,7 @@ def sidebar(cache, catalog: D.Catalog) -> Context:
     colour_by = sb.selectbox("Colour by", colours, key="colour", bind="query-params",
                              help="true class = the Galaxy Zoo volunteers' label; predicted class and "
                                   "confidence come from the checkpoint's classification head")
+    survey_layer(sb, data)
     highlight = sb.multiselect("Highlight classes", data.class_names, key="highlight", bind="query-params",
                                placeholder="e.g. Disturbed",
                                help="these classes stand out; every other galaxy stays visible in grey")

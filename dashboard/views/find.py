@@ -1,0 +1,145 @@
+"""Find a galaxy: by id, by sky position (nearest catalogue galaxy with its
+separation), or by uploading an image, whose features are computed on the fly with
+the selected checkpoint and compared with every galaxy's, before and after finetuning."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from core import sky
+
+from .. import data as D
+from ..astro import cosine_similarity, has_sky, most_and_least, positions
+from .common import Context, embeddings, gallery, run_data
+
+HOW = {"id": "by id", "position": "by sky position", "image": "by image"}
+
+
+def find_view(ctx: Context) -> None:
+    st.caption("Look a galaxy up by its id, by where it is on the sky, or by an image of your own: "
+               "an uploaded image goes through the selected checkpoint and lands among its nearest galaxies.")
+    how = st.radio("Find", list(HOW), format_func=HOW.get, key="find_by", horizontal=True,
+                   label_visibility="collapsed")
+    {"id": by_id, "position": by_position, "image": by_image}[how](ctx)
+
+
+def by_id(ctx: Context) -> None:
+    text = st.text_input("Galaxy id (or part of it)", key="find_id", placeholder=f"e.g. {ctx.data.frame['id'].iloc[0]}")
+    text = text.strip()
+    if not text:
+        return
+    ids = ctx.data.frame["id"].astype(str)
+    exact = np.flatnonzero(ids.to_numpy() == text)
+    hits = exact if len(exact) else np.flatnonzero(ids.str.contains(text, regex=False).to_numpy())
+    if not len(hits):
+        st.warning(f"No galaxy id contains {text!r} in this run.")
+        return
+    st.caption(f"{len(hits):,} galaxies match" + (", first 24 shown" if len(hits) > 24 else "") + ".")
+    gallery(ctx, hits, key="find-id", limit=24)
+
+
+def by_position(ctx: Context) -> None:
+    if not has_sky(ctx.data):
+        st.info("This dataset has no sky positions, so it cannot be searched by position. "
+                "(The synthetic demo galaxies have none; the Galaxy10 h5 file, or a folder/hf/fits source with "
+                "its ra and dec columns named, has them.)")
+        return
+    text = st.text_input("RA and Dec", key="find_pos", placeholder="150.1196 +2.2058  or  10:00:28.7 +02:12:21",
+                         help="degrees, or sexagesimal (RA in hours, Dec in degrees); ICRS")
+    if not text.strip():
+        return
+    try:
+        ra, dec = sky.parse_position(text)
+    except sky.CoordinateError as e:
+        st.error(str(e))
+        return
+    cat_ra, cat_dec = positions(ctx.data.frame)
+    idx, sep = sky.nearest(cat_ra, cat_dec, ra, dec, k=5)
+    st.markdown(f"Searched RA {ra:.5f}° Dec {dec:+.5f}° ({sky.sexagesimal(ra, dec)[0]}).")
+    if sep[0] > sky.MATCH_WARNING_ARCSEC:
+        st.warning(f"The nearest galaxy in this catalogue is {_arcsec(sep[0])} away, beyond "
+                   f"{sky.MATCH_WARNING_ARCSEC:.0f}″: probably not the galaxy you mean.")
+    else:
+        st.success(f"Nearest galaxy: {ctx.data.frame['id'].iloc[idx[0]]}, {_arcsec(sep[0])} away.")
+    f = ctx.data.frame.iloc[idx]
+    st.dataframe(pd.DataFrame({"id": f["id"].to_numpy(), "separation (arcsec)": np.round(sep, 2),
+                               "class": f["true"].to_numpy()}), hide_index=True)
+    gallery(ctx, idx, key="find-pos", limit=5, columns=5, notes=[f"separation {_arcsec(s)}" for s in sep])
+
+
+def _arcsec(s: float) -> str:
+    return f"{s:.1f}″" if s < 120 else f"{s / 60:.1f}′" if s < 7200 else f"{s / 3600:.1f}°"
+
+
+@st.cache_resource(show_spinner="Loading the checkpoint…", max_entries=4)
+def _checkpoint(model: str, cache: str):
+    from core.models import load_checkpoint
+
+    return load_checkpoint(model, device="cpu", cache=cache)
+
+
+@st.cache_data(show_spinner="Computing the image's features…", max_entries=64)
+def upload_features(digest: str, model: str, pooling: str, image_size: int, cache: str, _content: bytes,
+                    name: str):
+    """(features (d,), class probabilities or None) of an uploaded file, cached by its content hash."""
+    from core.lookup import embed, read_image
+
+    return embed(read_image(_content, name), _checkpoint(model, cache), pooling, image_size)
+
+
+def by_image(ctx: Context) -> None:
+    from core.lookup import IMAGE_TYPES, content_hash
+
+    upload = st.file_uploader("An image of a galaxy", type=IMAGE_TYPES, key="find_upload",
+                              help="PNG, JPEG, TIFF, or a g,r,z FITS cube; it is squared and resized like the "
+                                   "dataset's images, then goes through the selected checkpoint")
+    if upload is None:
+        return
+    content = upload.getvalue()
+    digest = content_hash(content)
+    k = st.slider("How many", 4, 16, 8, key="find_k")
+    runs = []
+    for run in (ctx.catalog.counterpart(ctx.run, "generic"), ctx.catalog.finetuned_for(ctx.run)):
+        if run is not None and run not in runs:
+            runs.append(run)
+    from core.lookup import read_image
+
+    try:
+        st.image(read_image(content, upload.name), width=128, caption=f"{upload.name} · sha256 {digest}")
+    except Exception as e:
+        st.error(str(e).splitlines()[0])
+        return
+    for col, run in zip(st.columns(len(runs)), runs):
+        with col:
+            similar_to_upload(ctx, run, content, upload.name, digest, k)
+
+
+def similar_to_upload(ctx: Context, run: dict, content: bytes, name: str, digest: str, k: int) -> None:
+    st.markdown(f"**{ctx.label(run)}** · `{run.get('model')}`")
+    try:
+        q, probs = upload_features(digest, run["model"], run.get("pooling") or "auto",
+                                   int(run.get("dataset_image_size") or 0), str(ctx.cache), content, name)
+    except Exception as e:  # e.g. the checkpoint is not on this machine
+        st.error(f"Could not compute its features with `{run.get('model')}`: {str(e).splitlines()[0]}")
+        return
+    data = run_data(run)
+    X, norms = embeddings(run)
+    if len(q) != X.shape[1]:
+        st.error(f"The checkpoint gives {len(q)}-d features but this run holds {X.shape[1]}-d ones.")
+        return
+    sim = cosine_similarity(X, norms, q)
+    top, bottom = most_and_least(sim, k)
+    if probs is not None:
+        mapping = D.prediction_mapping(data.class_names, run.get("id2label"))
+        if mapping is not None and 0 <= mapping[int(np.argmax(probs))] < len(data.class_names):
+            st.caption(f"Its head says: {data.class_names[mapping[int(np.argmax(probs))]]} ({probs.max():.2f})")
+    labels = data.frame["true"].to_numpy()
+    st.caption(f"Most similar: {pd.Series(labels[top]).value_counts().idxmax()} "
+               f"({(labels[top] == pd.Series(labels[top]).value_counts().idxmax()).sum()} of {len(top)}); "
+               f"cosine similarity {sim[top].min():.3f}–{sim[top].max():.3f}.")
+    gallery(ctx, top, key=f"up-top-{run['key']}", data=data, columns=4, limit=k,
+            notes=[f"**similarity {sim[p]:.3f}**" for p in top])
+    with st.expander(f"Least similar ({k})"):
+        gallery(ctx, bottom, key=f"up-bottom-{run['key']}", data=data, columns=4, limit=k,
+                notes=[f"similarity {sim[p]:.3f}" for p in bottom], neighbours_button=False)
