@@ -210,6 +210,7 @@ def test_million_galaxy_box_click_and_hover_reach_the_gallery(million, monkeypat
     at.run()
     hover = _map_args(at)["hover"]
     assert hover["pos"] == 654_321 and hover["id"] == "J0654321"
+    assert hover["lines"][0].startswith("RA ") and "Dec" in hover["lines"][0]  # sky position, as on its card
     assert hover["thumb"].startswith("data:image/png;base64,")
 
     at.session_state["event"] = {"event": "click", "pos": N + 5, "seq": 4}  # out of range: ignored

@@ -18,6 +18,7 @@ import streamlit as st
 
 from .. import data as D
 from .. import pointcloud as PC
+from ..astro import card_lines
 from ..components.bigmap import galaxy_map
 from ..figures import marker_size
 from .common import Context, _map_xy, _mtime, _run_data, _thumbnail, log, set_picked
@@ -40,8 +41,10 @@ def _points(features_path: str, fmtime: int, key: str, proj_path: str, pmtime: i
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
-def _colours(features_path: str, fmtime: int, key: str, colour_by: str) -> tuple[bytes, dict]:
-    return PC.colour_column(_run_data(features_path, fmtime, key), colour_by)
+def _colours(features_path: str, fmtime: int, key: str, colour_by: str, columns: tuple, _data) -> tuple[bytes, dict]:
+    """Keyed by the run and its columns: ``_data`` may carry columns added after reading
+    (outlier scores), which can be coloured by too."""
+    return PC.colour_column(_data, colour_by)
 
 
 def _keys(ctx: Context) -> tuple:
@@ -91,7 +94,9 @@ def hover_info(ctx: Context, key: str = EVENT_KEY) -> dict | None:
         return None
     r = ctx.data.frame.iloc[pos]
     png = _thumbnail(ctx.data.run["dataset"], int(r["row"]))
-    return {"pos": int(pos), "id": str(r["id"]), "thumb": "data:image/png;base64," + base64.b64encode(png).decode()}
+    sky = [line for line in card_lines(r) if not line.startswith("[")]  # RA/Dec, z; the links are on its card
+    return {"pos": int(pos), "id": str(r["id"]), "lines": sky,
+            "thumb": "data:image/png;base64," + base64.b64encode(png).decode()}
 
 
 # ---------------------------------------------------------------- the view
@@ -129,7 +134,7 @@ def big_map(ctx: Context, marked: dict[str, np.ndarray], height: int = 560, key:
     stars = _stars(ctx) if stars else None
     proj = ctx.projection
     points = _points(*_keys(ctx), proj["path"], _mtime(proj["path"]))
-    colour, spec = _colours(*_keys(ctx), ctx.colour_by)
+    colour, spec = _colours(*_keys(ctx), ctx.colour_by, tuple(ctx.data.frame.columns), ctx.data)
     selected = len(marked.get("selected", ())) > 0
     rings = [{"name": f"{name} ({len(pos):,})", "colour": PC.RING_COLOURS[min(i, 1)], "positions": pos,
               "blob": PC.positions_bytes(pos), "selection": name == "selected"}

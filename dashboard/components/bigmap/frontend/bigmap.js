@@ -422,6 +422,7 @@ function showTip(px, py) {
     const c = S.args.colour;
     if (c.kind === "numeric" && c.label !== "confidence" && S.colour)
       html += `<br>${esc(c.label)}: ${S.colour[i] === 255 ? "none" : "≈" + fmt(c.lo + (c.hi - c.lo) * S.colour[i] / 254)}`;
+    if (info && info.lines) for (const line of info.lines) html += `<br>${esc(line)}`;
     if (info && info.thumb) html += `<img src="${info.thumb}" alt="thumbnail">`;
     else html += `<br><span style="color:#888">(rest here for its id and image)</span>`;
   }
