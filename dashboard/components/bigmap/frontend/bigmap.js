@@ -167,6 +167,7 @@ function buildGrid() {
 }
 
 function nearestPoint(px, py, radiusPx) {
+  if (!S.grid && S.front) buildGrid();
   const G = S.grid; if (!G) return -1;
   const [dx, dy] = toData(px, py), r = radiusPx / S.view.ppu;
   const c0 = Math.max(0, Math.floor((dx - r - G.x0) / G.cw)), c1 = Math.min(G.g - 1, Math.floor((dx + r - G.x0) / G.cw));
@@ -213,7 +214,7 @@ async function loadPoints(url, n) {
   gl.bufferData(gl.ARRAY_BUFFER, xy, gl.STATIC_DRAW);
   S.classRanges = [];
   for (let c = 0; c < 256; c++) if (counts[c + 1] > counts[c]) S.classRanges.push({ code: c, start: counts[c], count: counts[c + 1] - counts[c] });
-  buildGrid();
+  S.grid = null;  // the hover index is built right after the first paint: the map shows sooner
   window.__bigmap.loadedPoints = n;
   window.__bigmap.pointsReadyAt = performance.now();  // fetched, sorted by class, indexed for hover
 }
@@ -328,6 +329,7 @@ function frame() {
     gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, new Uint8Array(4));  // wait for the GPU: honest timings
     window.__bigmap.lastRenderMs = performance.now() - S.renderStarted;
     if (!window.__bigmap.paints) window.__bigmap.firstPaintAt = performance.now();  // ms since the frame opened
+    if (!S.grid) setTimeout(() => { if (!S.grid) buildGrid(); }, 0);
     window.__bigmap.paints++;
     status(`${S.n.toLocaleString()} galaxies · drawn in ${(window.__bigmap.lastRenderMs / 1000).toFixed(1)} s`
            + " · wheel zooms, double-click resets");
