@@ -20,6 +20,7 @@ VERBS = {
     "finetune": "core.finetune",
     "evaluate": "core.evaluation",
     "demo": "core.demo",
+    "pretrain": "core.pretrain",
     "anomalies": "core.anomaly",
 }
 
@@ -32,14 +33,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m core", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
-    for verb, module in VERBS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name == module:  # verb not built yet
-                continue
-            raise
-        mod.add_parser(sub)
+    for module in VERBS.values():
+        importlib.import_module(module).add_parser(sub)
     return parser
 
 

@@ -38,8 +38,7 @@ def _say(progress: bool, message: str):
 
 
 def _features_runs(cache) -> list[dict]:
-    # list_runs said kind "feature" before the cache fix on main (81f9942), "features" since
-    return [r for r in store.list_runs(cache) if r.get("kind") in ("features", "feature")]
+    return [r for r in store.list_runs(cache) if r["kind"] == "features"]
 
 
 def features_run(features_key: str, cache=None) -> dict:

@@ -58,6 +58,39 @@ def legend(spec: dict) -> list[str]:
     return [t["name"] for t in spec["data"] if t.get("showlegend") is not False]
 
 
+def plotted_rows(trace: dict) -> list[int]:
+    """Dataset rows of a scattergl trace: the first customdata column, sent as a typed array."""
+    import base64
+
+    import numpy as np
+
+    custom = trace["customdata"]
+    shape = [int(n) for n in custom["shape"].split(",")]
+    return np.frombuffer(base64.b64decode(custom["bdata"]), custom["dtype"]).reshape(shape)[:, 0].astype(int).tolist()
+
+
+def gallery_ids(at: AppTest, columns: int) -> list[str]:
+    """Galaxy ids under a gallery's thumbnails in the order shown (left to right, then down).
+    Streamlit lists elements column by column; galaxy ``j`` sits in column ``j % columns``."""
+    ids = iter([c.value.split("**")[1] for c in at.caption if str(c.value).startswith("**")])
+    n = sum(1 for c in at.caption if str(c.value).startswith("**"))
+    shown = [""] * n
+    for col in range(columns):
+        for j in range(col, n, columns):
+            shown[j] = next(ids)
+    return shown
+
+
+def full_run_frame(cache):
+    """The demo:full features run of dataset "galaxies" as core wrote it (row, id, label, pred, confidence)."""
+    from core import cache as store
+
+    run = next(r for r in store.list_runs(cache) if r.get("model") == "demo:full")
+    frame = store.read_table(run["path"], columns=["row", "id", "label", "pred", "confidence"]).to_pandas()
+    frame.attrs["class_names"] = run["class_names"]
+    return frame
+
+
 def dataset_ref(cache, label: str = "galaxies") -> str:
     from core.cache import list_runs
     from dashboard.data import Catalog
@@ -137,9 +170,14 @@ def test_map_selection_gallery_counts_csv_and_clear(cache):
     at = run_app()
     at.session_state["picked"] = {"dataset": dataset_ref(cache), "rows": list(range(40))}
     ok(at.run())
-    assert "Selected galaxies: 40" in texts(at)
-    assert at.get("download_button") and len(at.get("image")) >= 1
-    assert any(df.value["true"].sum() == 40 for df in at.dataframe)
+    assert "Selected galaxies: 40" in texts(at) and "First 24 of 40, most confident first" in texts(at)
+    picked = full_run_frame(cache).set_index("row").loc[range(40)]
+    expected = picked.sort_values("confidence", ascending=False, kind="stable")["id"].tolist()[:24]
+    assert at.get("download_button") and gallery_ids(at, columns=6) == expected
+    (counts,) = [df.value for df in at.dataframe if "true" in df.value.columns]
+    names = full_run_frame(cache).attrs["class_names"]
+    true_counts = {names[c]: n for c, n in picked["label"].value_counts().items()}
+    assert {c: n for c, n in counts["true"].items() if n} == true_counts
     assert legend(charts(at)[0])[-1] == "selected (40)"
     at.button(key="map-clear").click()
     ok(at.run())
@@ -268,7 +306,21 @@ def test_config_binds_localhost_with_xsrf_on():
 
     cfg = tomllib.loads((Path(APP).parents[1] / ".streamlit" / "config.toml").read_text())
     assert cfg["server"]["address"] == "127.0.0.1" and cfg["server"]["enableXsrfProtection"] is True
-    assert cfg["browser"]["gatherUsageStats"] is False and os.path.basename(APP) == "app.py"
+    assert cfg["browser"]["gatherUsageStats"] is False
+    # and Streamlit itself reads them from where `make serve` starts it (the repository root)
+    from streamlit import config
+
+    cwd = os.getcwd()
+    try:
+        os.chdir(Path(APP).parents[1])
+        config.get_config_options(force_reparse=True)
+        assert config.get_option("server.address") == "127.0.0.1"
+        assert config.get_option("server.enableXsrfProtection") is True
+        assert config.get_option("browser.gatherUsageStats") is False
+        assert config.get_option("client.showErrorDetails") == "none"  # a short message, never a traceback
+    finally:
+        os.chdir(cwd)
+        config.get_config_options(force_reparse=True)
 
 
 def test_real_photos_extracted_by_core(tmp_path, monkeypatch, checkpoints, examples_dir):
@@ -287,7 +339,7 @@ def test_real_photos_extracted_by_core(tmp_path, monkeypatch, checkpoints, examp
     for mode, name in (("generic", "dinov2"), ("full", "dinov2-head")):
         path, prov, _ = extract(ref, f"dir:{checkpoints[name]}", mode=mode, cache=cache, progress=False,
                                 device="cpu", log=lambda *_: None)
-        runs[mode] = {**prov, "key": path.stem}
+        runs[mode] = {**prov, "key": path.stem, "path": path}
         table = store.read_table(path, columns=["row", "id", "embedding"])
         X = np.asarray(table.column("embedding").to_pylist(), np.float32)
         Xc = X - X.mean(0)
@@ -300,10 +352,21 @@ def test_real_photos_extracted_by_core(tmp_path, monkeypatch, checkpoints, examp
     monkeypatch.setenv("EXPLORER_CACHE", str(cache))
     at = run_app(query={"projection": "PCA"})
     assert at.radio(key="mode").options == ["generic", "full"] and "60 galaxies" in texts(at)
-    assert sum(len(t.get("customdata", {}).get("shape", "0,").split(",")) > 0 for t in charts(at)[0]["data"])
+    assert sorted(r for t in charts(at)[0]["data"] for r in plotted_rows(t)) == list(range(60))  # each photo once
+
+    # the fullest confusion cell, from the features core wrote (every photo is in the "test" split)
+    frame = store.read_table(runs["full"]["path"], columns=["id", "label", "pred", "confidence"]).to_pandas()
+    (true, pred), n = frame.groupby(["label", "pred"]).size().idxmax(), frame.groupby(["label", "pred"]).size().max()
+    cell = frame[(frame["label"] == true) & (frame["pred"] == pred)].sort_values("confidence", ascending=False,
+                                                                                kind="stable")
+    names = runs["full"]["class_names"]
     at = view(at, "Confusion")
-    at.selectbox(key="cell_true").select("Disturbed")
-    at.selectbox(key="cell_pred").select(at.selectbox(key="cell_pred").options[1])
+    at.selectbox(key="cell_true").select(names[true])
+    at.selectbox(key="cell_pred").select(names[pred])
+    ok(at.run())
+    assert f"{n} galaxies of class {names[true]} predicted as {names[pred]}" in texts(at)
+    assert gallery_ids(at, columns=8) == cell["id"].tolist()[:24]  # the cell's galaxies, most confident first
+    assert charts(at)[1]["data"][-1]["name"] == f"cell {names[true]} → {names[pred]} ({n})"  # ringed on the map
     at = view(at, "Neighbours")
     at.button(key="suggest-nb-0").click()
     ok(at.run())
@@ -311,41 +374,30 @@ def test_real_photos_extracted_by_core(tmp_path, monkeypatch, checkpoints, examp
     assert len(at.get("image")) >= 9  # the galaxy and its 8 neighbours, from the real photos
 
 
-def test_uncached_map_is_computed_through_core_with_a_progress_bar(cache, monkeypatch):
-    """When core.mapstore is importable, an uncached map has a Compute button that asks
-    it for the projection (faked here: the projections work lands separately)."""
-    import types
-
-    import numpy as np
-    import pyarrow as pa
-
+def test_uncached_map_is_computed_and_cached_by_core(cache):
+    """An uncached map has a Compute button; core.mapstore computes it (aligned to the
+    generic run's map), caches it where `ls` lists it, and the page draws it."""
     from core import cache as store
 
-    calls = []
+    def pca_maps():
+        return [r for r in store.list_runs(cache) if r["kind"] == "projection" and r["method"] == "pca"]
 
-    def get_projection(features_key, method, cache=None, params=None, align_to=None, progress=True):
-        calls.append((features_key, method, align_to))
-        run = next(r for r in store.list_runs(cache) if r["key"] == features_key)
-        n = run["rows"]
-        prov = {"kind": "projection", "features_run": features_key, "method": method, "params": {},
-                "aligned_to": align_to, "rows": n, "quality": {"trustworthiness": 0.61}}
-        table = pa.table({"row": pa.array(np.arange(n), pa.int64()), "id": pa.array([f"gal{i:06d}" for i in range(n)]),
-                          "x": pa.array(np.arange(n, dtype=np.float32)), "y": pa.array(np.zeros(n, np.float32))})
-        store.write_parquet(store.path_for(cache, "projections", store.key_of("umap", features_key)), table, prov)
-        return table.to_pandas(), prov
-
-    import core
-
-    fake = types.SimpleNamespace(get_projection=get_projection)
-    monkeypatch.setitem(sys.modules, "core.mapstore", fake)
-    monkeypatch.setattr(core, "mapstore", fake, raising=False)  # `from core import mapstore` reads this first
-    at = run_app(query={"projection": "UMAP"})
-    assert "No UMAP map is cached" in texts(at)
+    head, generic = (next(r for r in store.list_runs(cache) if r.get("model") == f"demo:{m}" and
+                          r["dataset"] == dataset_ref(cache)) for m in ("head", "generic"))
+    before = {r["key"] for r in pca_maps()}
+    at = run_app(query={"mode": "head", "projection": "PCA"})
+    assert "No PCA map is cached" in texts(at) and not charts(at)
     at.button(key="compute-map").click()
     ok(at.run())
-    assert len(calls) == 1 and calls[0][1] == "umap" and calls[0][2] is not None  # aligned to the generic run
-    assert len(charts(at)) == 1 and "UMAP map quality" in texts(at)
-    assert any(m.label == "trustworthiness" and m.value == "0.61" for m in at.metric)
-    for p in (cache / "projections").glob("*.parquet"):  # leave the shared fixture as it was
-        if (store.provenance(p) or {}).get("method") == "umap":
-            p.unlink()
+    try:
+        (new,) = [r for r in pca_maps() if r["key"] not in before]
+        assert new["features_run"] == head["key"] and new["aligned_to"] == generic["key"]
+        assert "PCA map quality" in texts(at) and "No PCA map is cached" not in texts(at)
+        trust = f"{new['quality']['trustworthiness']:.2f}"
+        assert any(m.label == "trustworthiness" and m.value == trust for m in at.metric)
+        (spec,) = charts(at)
+        assert sorted(r for t in spec["data"] for r in plotted_rows(t)) == list(range(head["rows"]))
+    finally:  # leave the shared fixture as it was
+        for r in pca_maps():
+            if r["key"] not in before:
+                Path(r["path"]).unlink()

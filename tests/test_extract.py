@@ -14,6 +14,7 @@ import pytest
 
 import core.features as features
 from core import cache as store
+from tests.conftest import subprocess_timeout
 from tests.test_sources import write_galaxy10_h5
 
 REPO = Path(__file__).resolve().parents[1]
@@ -21,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def cli(*args, cache=None, check=True):
     cmd = [sys.executable, "-m", "core", *args] + (["--cache", str(cache)] if cache else [])
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=subprocess_timeout())
     if check and r.returncode != 0:
         raise AssertionError(r.stderr)
     return r
