@@ -26,7 +26,7 @@ def small_run(tmp_path_factory):
     from core import cache as store
     from tests.dashboard_fixtures import build_cache
 
-    cache = build_cache(tmp_path_factory.mktemp("small"), n=400, images=False, second_dataset=False)
+    cache = build_cache(tmp_path_factory.mktemp("small"), n=400, images=False, second_dataset=False, layout_maps=True)
     runs = store.list_runs(cache)
     full = next(r for r in runs if r.get("mode") == "full")
     proj = next(r for r in runs if r["kind"] == "projection" and r["features_run"] == full["key"]
@@ -124,6 +124,7 @@ def _map_args(at) -> dict:
     return json.loads(found[0].proto.json_args)
 
 
+@pytest.mark.slow
 def test_million_galaxy_map_page_reruns_without_resending_the_points(million, served, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
@@ -177,6 +178,7 @@ def _views_script():
     map_view(ctx)
 
 
+@pytest.mark.slow
 def test_million_galaxy_box_click_and_hover_reach_the_gallery(million, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
@@ -233,7 +235,8 @@ def test_compare_view_draws_both_large_maps(tmp_path, monkeypatch):
     from tests.dashboard_fixtures import build_cache
 
     monkeypatch.setattr(bigmap, "BIG_MAP_POINTS", 100)
-    monkeypatch.setenv("EXPLORER_CACHE", str(build_cache(tmp_path, n=300, images=False, second_dataset=False)))
+    monkeypatch.setenv("EXPLORER_CACHE", str(build_cache(tmp_path, n=300, images=False, second_dataset=False,
+                                                         layout_maps=True)))
     at = AppTest.from_file(APP, default_timeout=300)
     at.session_state["view"] = "Compare"
     at.session_state["picked"] = {"dataset": f"folder:{tmp_path / 'no-images-here'}", "rows": [1, 2, 3]}

@@ -172,6 +172,8 @@ def big_server(tmp_path_factory):
         proc.kill()
 
 
+@pytest.mark.browser
+@pytest.mark.slow
 def test_large_map_draws_hovers_and_lasso_fills_the_gallery(big_server):
     from playwright.sync_api import sync_playwright
 
