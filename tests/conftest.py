@@ -8,7 +8,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO.parent / "shared" / "data" / "galaxyzoo-decals-examples"
-TEST_TIMEOUT_S = 600.0  # pytest.ini's `timeout`; replaced by the value this run uses in pytest_configure
+TEST_TIMEOUT_S = 900.0  # pytest.ini's `timeout`; replaced by the value this run uses in pytest_configure
 MARGIN_S = 60.0  # a child process is stopped this long before the test's own timeout
 
 
@@ -48,6 +48,15 @@ def checkpoints(tmp_path_factory):
         out[fam] = make_checkpoint(root, fam)
         out[fam + "-head"] = make_checkpoint(root, fam, num_labels=10)
     return out
+
+
+@pytest.fixture(scope="session")
+def dashboard_cache(tmp_path_factory):
+    """The dashboard tests' cache (tests.dashboard_fixtures.build_cache, 300 galaxies), built once.
+    Tests that add to it remove what they added."""
+    from tests.dashboard_fixtures import build_cache
+
+    return build_cache(tmp_path_factory.mktemp("dashboard"), n=300)
 
 
 @pytest.fixture(scope="session")

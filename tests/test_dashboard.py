@@ -18,13 +18,10 @@ TIGHT, LOOSE = "Unbarred Tight Spiral", "Unbarred Loose Spiral"
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    from tests.dashboard_fixtures import build_cache
-
-    cache = build_cache(tmp_path_factory.mktemp("app"), n=300)
+def cache(dashboard_cache):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EXPLORER_CACHE", str(cache))
-        yield cache
+        mp.setenv("EXPLORER_CACHE", str(dashboard_cache))
+        yield dashboard_cache
 
 
 def run_app(query: dict | None = None, state: dict | None = None) -> AppTest:
@@ -120,6 +117,7 @@ def test_first_load_shows_the_full_finetune_tsne_map(cache):
     assert "Drag a box or a lasso" in texts(at)
 
 
+@pytest.mark.slow
 def test_mode_switch_generic_then_head(cache):
     at = run_app()
     at.radio(key="mode").set_value("generic")
@@ -133,6 +131,7 @@ def test_mode_switch_generic_then_head(cache):
     assert "head-only finetune" in texts(at) and "predicted class" in at.selectbox(key="colour").options
 
 
+@pytest.mark.slow
 def test_projection_switch_pca_and_uncached_umap(cache):
     at = run_app()
     at.radio(key="projection").set_value("pca")
@@ -143,6 +142,7 @@ def test_projection_switch_pca_and_uncached_umap(cache):
     assert "No UMAP map is cached for this run yet" in texts(at) and not charts(at)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("colour", ["predicted class", "correct / wrong", "confidence", "redshift", "pitch_angle"])
 def test_colour_by(cache, colour):
     at = run_app()
@@ -158,6 +158,7 @@ def test_colour_by(cache, colour):
         assert len(legend(spec)) == 10
 
 
+@pytest.mark.slow
 def test_class_highlight_keeps_the_rest_in_grey(cache):
     at = run_app()
     at.multiselect(key="highlight").select("Disturbed")
@@ -211,11 +212,13 @@ def test_confusion_cell_from_the_controls(cache):
     assert any(t["name"].startswith("cell Merging → Merging") for t in charts(at)[0]["data"])
 
 
+@pytest.mark.slow
 def test_confusion_hidden_without_a_head(cache):
     at = view(run_app(query={"mode": "generic"}), "Confusion")
     assert "no classification head" in texts(at) and not charts(at)
 
 
+@pytest.mark.slow
 def test_compare_side_by_side_and_linked(cache):
     at = view(run_app(), "Compare")
     specs = charts(at)
@@ -226,6 +229,7 @@ def test_compare_side_by_side_and_linked(cache):
     assert all(s["data"][-1]["name"] == "selected (3)" for s in charts(at))  # ringed in both maps
 
 
+@pytest.mark.slow
 def test_neighbours_from_a_gallery_button_by_id_k_and_metric(cache):
     at = view(run_app(), "Neighbours")
     assert "Try one of these" in texts(at)
@@ -242,6 +246,7 @@ def test_neighbours_from_a_gallery_button_by_id_k_and_metric(cache):
     assert "No galaxy with id 'no-such-galaxy'" in texts(at)
 
 
+@pytest.mark.slow
 def test_gallery_neighbours_button_opens_the_neighbours_view(cache):
     at = view(run_app(query={"cell_true": "Round Smooth", "cell_pred": "Round Smooth"}), "Confusion")
     at.button(key="cell-nb-0").click()
@@ -249,6 +254,7 @@ def test_gallery_neighbours_button_opens_the_neighbours_view(cache):
     assert at.session_state["view"] == "Neighbours" and "neighbours share its class" in texts(at)
 
 
+@pytest.mark.slow
 def test_link_restores_the_view(cache):
     at = run_app(query={"mode": "head", "projection": "PCA", "highlight": ["Disturbed", "Merging"],
                         "cell_true": TIGHT, "cell_pred": LOOSE, "view": "Confusion", "colour": "confidence"})
@@ -261,6 +267,7 @@ def test_link_restores_the_view(cache):
     assert at.selectbox(key="dataset").value == "galaxies" and at.radio(key="mode").value == "full"
 
 
+@pytest.mark.slow
 def test_second_dataset_generic_only_with_placeholder_thumbnails(cache):
     at = run_app()
     at.selectbox(key="dataset").select("other-galaxies")
@@ -279,6 +286,7 @@ def test_empty_cache_explains_the_demo(tmp_path, monkeypatch):
     assert "python -m core demo" in texts(at) and "No cached runs" in texts(at)
 
 
+@pytest.mark.slow
 def test_cache_from_the_command_line(cache, monkeypatch):
     monkeypatch.delenv("EXPLORER_CACHE")
     monkeypatch.setattr(sys, "argv", ["app.py", "--cache", str(cache)])
@@ -323,6 +331,7 @@ def test_config_binds_localhost_with_xsrf_on():
         config.get_config_options(force_reparse=True)
 
 
+@pytest.mark.slow
 def test_real_photos_extracted_by_core(tmp_path, monkeypatch, checkpoints, examples_dir):
     """The contract end to end: features that `core` extracted from the 60 real DECaLS
     photos (a tiny random checkpoint without and one with a head), a map written per

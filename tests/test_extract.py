@@ -28,6 +28,7 @@ def cli(*args, cache=None, check=True):
     return r
 
 
+@pytest.mark.slow
 def test_extract_real_photos_listed_by_ls(tmp_path, checkpoints, examples_dir):
     ck = checkpoints["dinov2-head"]
     r = cli("extract", "--dataset", f"folder:{examples_dir}", "--model", f"dir:{ck}", cache=tmp_path)
@@ -54,6 +55,7 @@ def test_extract_real_photos_listed_by_ls(tmp_path, checkpoints, examples_dir):
     assert r.stdout.startswith("cache hit")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["dinov2", "vit", "beit", "swinv2"])
 def test_every_family_with_and_without_head(tmp_path, checkpoints, family):
     h5 = write_galaxy10_h5(tmp_path / "g10.h5", n=30)
@@ -131,6 +133,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_killed_extraction_leaves_nothing_complete_and_rerun_finishes(tmp_path, checkpoints):
     h5 = write_galaxy10_h5(tmp_path / "g10.h5", n=200)
     cache = tmp_path / "c"
@@ -163,6 +166,7 @@ def test_killed_extraction_leaves_nothing_complete_and_rerun_finishes(tmp_path, 
     (["extract", "--model", "dir:/x"], "required"),
     (["frobnicate"], "invalid choice"),
 ])
+@pytest.mark.slow
 def test_user_errors_exit_2_without_traceback(args, expect, tmp_path):
     r = cli(*args, check=False)
     assert r.returncode == 2, r.stderr
@@ -170,6 +174,7 @@ def test_user_errors_exit_2_without_traceback(args, expect, tmp_path):
     assert len([l for l in r.stderr.splitlines() if l.strip()]) <= 3
 
 
+@pytest.mark.slow
 def test_every_verb_has_help():
     from core.__main__ import VERBS
 

@@ -91,6 +91,7 @@ def _extract(tmp_path, examples_dir, path, pooling="auto"):
     return run, pq.read_table(run["path"]).to_pandas()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family,mean_pooling", [("dinov2", True), ("vit", True), ("beit", True),
                                                  ("beit", False), ("swinv2", True)])
 def test_features_are_what_the_family_classifier_reads(tmp_path, examples_dir, family, mean_pooling):

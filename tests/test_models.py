@@ -38,6 +38,7 @@ def test_load_and_forward(checkpoints, family, head):
         assert not ck.backbone._forward_hooks and not ck.model._forward_hooks
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["dinov2", "beit"])
 def test_compiled_checkpoint_with_a_head_gives_the_same_answers(checkpoints, family):
     ck = load_checkpoint(f"dir:{checkpoints[family + '-head']}")

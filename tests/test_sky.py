@@ -119,12 +119,16 @@ def test_h5_coordinates_are_validated(tmp_path):
         open_dataset(f"h5:{p}")
 
 
+@pytest.mark.slow
 def test_cli_error_for_bad_coordinates_is_one_line(tmp_path):
     import subprocess
     import sys
 
+    from tests.conftest import subprocess_timeout
+
     d = _folder(tmp_path, {"ra": [10.0, 2.5, 6.28], "dec": [1.0, 2.0, 3.0]})
     r = subprocess.run([sys.executable, "-m", "core", "extract", "--dataset", f"folder:{d}?ra=x&dec=y",
-                        "--model", "dir:/nowhere", "--cache", str(tmp_path / "c")], capture_output=True, text=True)
+                        "--model", "dir:/nowhere", "--cache", str(tmp_path / "c")], capture_output=True, text=True,
+                       timeout=subprocess_timeout())
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "coordinate column(s) x, y not found" in r.stderr
