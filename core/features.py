@@ -191,7 +191,7 @@ def _compute(ds, model_ref, info, path, device, batch_size, cache, progress, com
         kind="features", format=1, **info, rows=int(len(rows)), has_head=bool(n_classes),
         class_names=list(ds.class_names), id2label={str(k): v for k, v in (ck.id2label or {}).items()},
         size=ck.size_name, base_model=ck.provenance.get("base_model"), head=ck.provenance.get("head"),
-        dtype=str(ck.dtype).replace("torch.", ""), device=_device_name(device), batch_size=batch_size,
+        pretraining=ck.provenance.get("method"), dtype=str(ck.dtype).replace("torch.", ""), device=_device_name(device), batch_size=batch_size,
         image_size=list(ck.input_size()), dataset_image_size=ds.image_size,
         skipped=ds.skipped, versions=_versions(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
