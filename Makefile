@@ -1,11 +1,12 @@
 # make demo  -> set up, build the offline demo cache, serve the dashboard on 127.0.0.1:8501
 # make test  -> set up (incl. Debian's chromium for the browser test), run the test suite
+# make test-fast -> the edit-run loop: no demo build, no browser, nothing marked slow (under a minute)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8501
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
-.PHONY: setup demo serve test chromium bench clean-cache
+.PHONY: setup demo serve test test-fast chromium bench clean-cache
 
 setup: $(VENV)/.installed
 
@@ -28,6 +29,9 @@ chromium:
 
 test: setup chromium
 	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow and not demo and not browser"
 
 bench: setup
 	$(PY) bench/render.py

@@ -133,7 +133,7 @@ def main() -> int:
     for n in args.sizes:
         with tempfile.TemporaryDirectory() as tmp:
             t = time.perf_counter()
-            cache = build_cache(tmp, n=n, images=False, dim=64, second_dataset=False)
+            cache = build_cache(tmp, n=n, images=False, dim=64, second_dataset=False, layout_maps=True)
             print(f"\n== {n:,} galaxies (synthetic features, 64-d; fixture written in {time.perf_counter() - t:.1f} s)")
             goal = GOAL.get(n)
             print(f"{'server-side rerun (AppTest)':48s} {'first':>8s} {'warm':>8s}")

@@ -4,6 +4,8 @@ paper's sklearn t-SNE on the same raw matrix, in the same run; UMAP and PCA too.
     python bench/projection.py                 # 17,736 x 768, ~4-10 min on 2 cores (sklearn dominates)
     python bench/projection.py --n 3000        # quick look
     python bench/projection.py --pca50         # also openTSNE's defaults on PCA-50 features
+    python bench/projection.py --sizes 2000,5000,8000,17736   # t-SNE only: ours vs sklearn per size
+    python bench/projection.py --sizes 2000,8000 --both       # also openTSNE and the torch port apart
 
 Features are a seeded Gaussian mixture shaped like Galaxy10 seen by DINOv2-B:
 10 classes in Galaxy10's proportions, each class spread along its own 12
@@ -53,6 +55,64 @@ def timed(fn):
     return Y, time.perf_counter() - start, load
 
 
+def sizes_table(sizes, dim, both=False, save=None):
+    """t-SNE at each size: ours (``core.projection.tsne`` on the CPU, whichever
+    implementation it picks) before and after sklearn's, in the same run; with
+    ``both`` also openTSNE and the torch port forced. Goal (issue 13): ours <=
+    0.5 x sklearn at every size, <= 0.25 x at 17,736; kNN preservation >= sklearn's - 0.02."""
+    from sklearn.manifold import TSNE
+
+    from core import projection as proj
+
+    table = []
+    for n in sizes:
+        X, _ = clustered_features(n, dim)
+        runs = {}
+
+        def record(name, fn):
+            Y, seconds, load = timed(fn)
+            q = proj.map_quality(X, Y)
+            runs.setdefault(name, []).append(dict(seconds=round(seconds, 3), load=load, knn_preservation=q["knn_preservation"]))
+            print(f"  {n:>7,}  {name:<34} {seconds:7.1f} s   kNN preservation {q['knn_preservation']:.4f}   "
+                  f"(load {load:.1f})", flush=True)
+
+        impl = proj.implementation_for(n, "cpu")
+        record(f"ours ({impl})", lambda: proj.tsne(X, device="cpu"))
+        record("sklearn TSNE (paper)", lambda: TSNE(perplexity=30, init="pca", random_state=42).fit_transform(X))
+        record(f"ours ({impl})", lambda: proj.tsne(X, device="cpu"))
+        if both:
+            from core import tsne_torch
+
+            record("openTSNE (as before)", lambda: _opentsne(proj, X))
+            record("torch port (cpu)", lambda: tsne_torch.tsne(X, device="cpu"))
+        ours = runs[f"ours ({impl})"]
+        sk = runs["sklearn TSNE (paper)"][0]
+        seconds = float(np.mean([r["seconds"] for r in ours]))
+        row = dict(n=n, implementation=impl, ours_seconds=round(seconds, 3), sklearn_seconds=sk["seconds"],
+                   ratio=round(seconds / sk["seconds"], 4), ours_knn=round(ours[0]["knn_preservation"], 4),
+                   sklearn_knn=round(sk["knn_preservation"], 4), runs=runs)
+        goal = 0.25 if n >= 17736 else 0.5
+        row["goal_met"] = bool(row["ratio"] <= goal and row["ours_knn"] >= row["sklearn_knn"] - 0.02)
+        table.append(row)
+        if save:
+            save(table)  # after every size: a long run interrupted keeps what it measured
+    print(f"\n{'points':>8} {'implementation':<12} {'ours s':>8} {'sklearn s':>10} {'ratio':>7} {'kNN ours':>9} "
+          f"{'kNN sklearn':>12}  goal")
+    for r in table:
+        goal = "<= 0.25" if r["n"] >= 17736 else "<= 0.5"
+        print(f"{r['n']:>8,} {r['implementation']:<12} {r['ours_seconds']:>8.1f} {r['sklearn_seconds']:>10.1f} "
+              f"{r['ratio']:>7.3f} {r['ours_knn']:>9.4f} {r['sklearn_knn']:>12.4f}  {goal}: "
+              f"{'met' if r['goal_met'] else 'NOT met'}")
+    return table
+
+
+def _opentsne(proj, X):
+    import unittest.mock as mock
+
+    with mock.patch.object(proj, "implementation_for", lambda n, device=None: "openTSNE"):
+        return proj.tsne(X, device="cpu")
+
+
 def main(argv=None):
     from core import projection as proj  # here, so clustered_features imports without openTSNE (GPU machine)
 
@@ -61,7 +121,23 @@ def main(argv=None):
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--skip-sklearn", action="store_true", help="leave out sklearn's t-SNE (no ratio)")
     ap.add_argument("--pca50", action="store_true", help="also time openTSNE's defaults on PCA-50 features")
+    ap.add_argument("--sizes", help="comma-separated sizes: t-SNE only, ours vs sklearn at each")
+    ap.add_argument("--both", action="store_true", help="with --sizes: also openTSNE and the torch port apart")
     a = ap.parse_args(argv)
+    if a.sizes:
+        sizes = [int(s) for s in a.sizes.split(",")]
+        print(f"t-SNE on {os.cpu_count()} cores, {a.dim} features, sizes {sizes}", flush=True)
+        out = Path(__file__).resolve().parent / "results" / f"projection-sizes-{'-'.join(map(str, sizes))}.json"
+        out.parent.mkdir(exist_ok=True)
+
+        def save(table):
+            tmp = out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(dict(dim=a.dim, cores=os.cpu_count(), sizes=table), indent=1))
+            tmp.replace(out)
+
+        sizes_table(sizes, a.dim, a.both, save)
+        print(f"wrote {out}")
+        return
 
     X, labels = clustered_features(a.n, a.dim)
     print(f"features {X.shape[0]:,} x {X.shape[1]} (10 classes), {os.cpu_count()} cores", flush=True)

@@ -136,8 +136,9 @@ def delta_f1_table(evaluations) -> pd.DataFrame:
     ``evaluations`` is an iterable of dicts with at least ``mode`` ("full" /
     "head"), ``macro_f1``, ``model`` and optionally ``base_model``, ``family``,
     ``dataset`` (or ``dataset_fingerprint``). Runs are matched on (dataset,
-    base model); with several runs of one mode (e.g. linear and MLP heads) the
-    best F1 counts, as in the paper. Columns: dataset, family, size,
+    base model); runs are paired only on the same dataset and split, by (dataset,
+    split, base model); with several runs of one mode (e.g. linear and MLP heads) the
+    best F1 counts, as in the paper. Columns: dataset, split, family, size,
     base_model, f1_full, f1_head, delta_f1, full_run, head_run (fractions, not
     percent), sorted by family then size.
     """
@@ -146,18 +147,19 @@ def delta_f1_table(evaluations) -> pd.DataFrame:
         mode = ev.get("mode")
         if mode not in ("full", "head") or ev.get("macro_f1") is None:
             continue
-        key = (ev.get("dataset_fingerprint") or ev.get("dataset"), base_model_of(ev))
+        key = (ev.get("dataset_fingerprint") or ev.get("dataset"), ev.get("split"), base_model_of(ev))
         slot = best.setdefault(key, {})
         if mode not in slot or ev["macro_f1"] > slot[mode]["macro_f1"]:
             slot[mode] = ev
     rows = []
-    for (_, base), slot in best.items():
+    for (_, split, base), slot in best.items():
         if "full" not in slot or "head" not in slot:
             continue
         full, head = slot["full"], slot["head"]
         rows.append(
             {
                 "dataset": full.get("dataset"),
+                "split": split,
                 "family": full.get("family") or head.get("family"),
                 "size": model_size(base) or full.get("size"),
                 "base_model": base,
@@ -168,7 +170,8 @@ def delta_f1_table(evaluations) -> pd.DataFrame:
                 "head_run": head.get("features_run"),
             }
         )
-    cols = ["dataset", "family", "size", "base_model", "f1_full", "f1_head", "delta_f1", "full_run", "head_run"]
+    cols = ["dataset", "split", "family", "size", "base_model", "f1_full", "f1_head", "delta_f1", "full_run",
+            "head_run"]
     df = pd.DataFrame(rows, columns=cols)
     order = {s: i for i, s in enumerate(_SIZES)}
     if len(df):
@@ -207,6 +210,15 @@ def row_norms(X) -> np.ndarray:
     return norms
 
 
+GPU_NEIGHBOURS_FROM = 200_000  # galaxies from which one query is answered on a GPU (when there is one)
+
+
+def _gpu() -> bool:
+    from .knn import knn_gpu_ready
+
+    return knn_gpu_ready()
+
+
 def knn_neighbours(X, i, k: int = 10, metric: str = "cosine", norms=None):
     """The k nearest rows of ``X`` (n, d) to row(s) ``i``, excluding the row itself.
 
@@ -223,6 +235,11 @@ def knn_neighbours(X, i, k: int = 10, metric: str = "cosine", norms=None):
     single = np.ndim(i) == 0
     q_idx = np.atleast_1d(np.asarray(i, dtype=np.int64))
     n = len(X)
+    if single and n >= GPU_NEIGHBOURS_FROM and _gpu():  # at scale: X stays on the GPU between clicks
+        from .knn import nearest_rows
+
+        idx, dist = nearest_rows(X, int(i), k, metric)
+        return idx, dist.astype(np.float64)
     k = min(int(k), n - 1)
     if k <= 0:
         empty = np.zeros((len(q_idx), 0))
@@ -251,23 +268,29 @@ def _norm(name) -> str:
     return re.sub(r"[^a-z0-9]", "", str(name).lower())
 
 
-def prediction_mapping(class_names, id2label) -> np.ndarray | None:
-    """Map head output indices to dataset class indices, or None when the head
-    does not predict the dataset's classes (e.g. a 1000-class ImageNet head).
+_PLACEHOLDER = re.compile(r"^(label|class)?[ _-]?\d+$")
 
-    Same names in another order -> remapped by name; same count with other
-    names (LABEL_0...) -> taken in order.
+
+def prediction_mapping(class_names, id2label) -> np.ndarray | None:
+    """Map head output indices to dataset class indices, or None when the head does
+    not predict the dataset's classes (a 1000-class ImageNet head, another task's
+    10 classes): such a checkpoint is "generic" and its predictions are never scored.
+
+    The same names in any order (case and punctuation aside) -> remapped by name;
+    unnamed outputs (LABEL_0..., class 0..., 0...) of the right count -> taken in order.
     """
     k = len(class_names)
     if not id2label:
         return np.arange(k)
-    labels = {int(a): b for a, b in id2label.items()}
-    if sorted(labels) != list(range(len(labels))) or len(labels) != k:
+    labels = {int(a): str(b) for a, b in id2label.items()}
+    if sorted(labels) != list(range(k)):
         return None
     by_name = {_norm(c): j for j, c in enumerate(class_names)}
-    if set(by_name) == {_norm(labels[i]) for i in range(k)} and len(by_name) == k:
+    if len(by_name) == k and set(by_name) == {_norm(labels[i]) for i in range(k)}:
         return np.array([by_name[_norm(labels[i])] for i in range(k)])
-    return np.arange(k)
+    if all(_PLACEHOLDER.match(labels[i].strip().lower()) for i in range(k)):
+        return np.arange(k)
+    return None
 
 
 def evaluate_run(run: dict, table: pd.DataFrame, top_k: int = 20) -> dict:
@@ -276,9 +299,14 @@ def evaluate_run(run: dict, table: pd.DataFrame, top_k: int = 20) -> dict:
     Uses the test rows when the table has any, else every labelled row, and
     records which under ``split``.
     """
+    from .modes import leakage
+
     class_names = list(run.get("class_names") or [])
     if not class_names:
         raise UserError(f"features run {run.get('key')} records no class names: re-extract it")
+    if run.get("mode") == "generic":
+        raise UserError(f"features run {run.get('key')} is generic (its head, if any, was not trained on these "
+                        "galaxy classes): it is not scored; finetune it first with `python -m core finetune`")
     mapping = prediction_mapping(class_names, run.get("id2label"))
     if mapping is None:
         raise UserError(
@@ -311,6 +339,7 @@ def evaluate_run(run: dict, table: pd.DataFrame, top_k: int = 20) -> dict:
         "head": run.get("head"),
         "pooling": run.get("pooling"),
         "split": split,
+        "leakage": leakage(run, labelled["split"] if "split" in labelled else []),
         "rows": int(rep["n"]),
         "class_names": class_names,
         "accuracy": rep["accuracy"],
@@ -324,7 +353,7 @@ def evaluate_run(run: dict, table: pd.DataFrame, top_k: int = 20) -> dict:
 
 
 _SUMMARY_FIELDS = ("features_run", "dataset", "model", "base_model", "family", "size", "mode", "head",
-                   "split", "rows", "accuracy", "macro_f1", "weighted_f1")
+                   "split", "leakage", "rows", "accuracy", "macro_f1", "weighted_f1")
 
 
 def write_summary(cache) -> dict:
@@ -373,15 +402,20 @@ def _select(runs, args) -> list[dict]:
         hit = [r for r in features if r["key"] == args.run]
         if not hit:
             raise UserError(f"no features run {args.run!r} in the cache: list them with `python -m core ls`")
+        if hit[0].get("has_head") and hit[0].get("mode") == "generic":
+            raise UserError(f"features run {args.run} is generic (its head predicts other classes than the galaxy "
+                            "labels): it is not scored; finetune it first with `python -m core finetune`")
         if not hit[0].get("has_head"):
             raise UserError(f"features run {args.run} has no predictions (checkpoint without a head): "
                             "finetune it first with `python -m core finetune`")
         return hit
-    chosen = [r for r in features if r.get("has_head")]
+    from .data import canonical_ref
+
+    chosen = [r for r in features if r.get("has_head") and r.get("mode") in ("head", "full")]
     if args.dataset:
-        chosen = [r for r in chosen if r.get("dataset") == args.dataset]
+        chosen = [r for r in chosen if r.get("dataset") == canonical_ref(args.dataset)]
     if args.model:
-        chosen = [r for r in chosen if r.get("model") == args.model]
+        chosen = [r for r in chosen if r.get("model") == canonical_ref(args.model)]
     if (args.dataset or args.model) and not chosen:
         raise UserError("no cached features with predictions match "
                         + " ".join(f"--{k} {v}" for k, v in (("dataset", args.dataset), ("model", args.model)) if v)
@@ -392,7 +426,8 @@ def _select(runs, args) -> list[dict]:
 def _print_evaluation(ev: dict) -> None:
     print(f"\n== {ev['features_run']}  {ev['model']}  mode={ev['mode']}  on {ev['dataset']}")
     print(f"split {ev['split']} ({ev['rows']} galaxies): accuracy {ev['accuracy']:.3f}  "
-          f"macro F1 {ev['macro_f1']:.3f}  weighted F1 {ev['weighted_f1']:.3f}\n")
+          f"macro F1 {ev['macro_f1']:.3f}  weighted F1 {ev['weighted_f1']:.3f}")
+    print(f"training images in this split: {ev['leakage']['text']}\n")
     print(format_table(pd.DataFrame(ev["per_class"])))
     names = ev["class_names"]
     cm = pd.DataFrame(ev["confusion"], columns=[str(j) for j in range(len(names))])
@@ -405,13 +440,11 @@ def _print_evaluation(ev: dict) -> None:
 
 
 def read_predictions(path) -> pd.DataFrame | None:
-    """The scoring columns of a features parquet (embeddings stay on disk)."""
-    import pyarrow.parquet as pq
-
+    """The scoring columns of a features run, file or sharded (embeddings stay on disk)."""
     from . import cache as store
 
     try:
-        names = pq.read_schema(path).names
+        names = store.read_schema(path).names
     except Exception:
         return None
     wanted = [c for c in ("row", "id", "split", "label", "pred", "confidence") if c in names]
@@ -446,7 +479,7 @@ def run(args) -> int:
     summary = write_summary(cache)
     delta = pd.DataFrame(summary["delta_f1"])
     if len(delta):
-        shown = delta[["dataset", "family", "size", "base_model", "f1_full", "f1_head", "delta_f1"]].copy()
+        shown = delta[["dataset", "split", "family", "size", "base_model", "f1_full", "f1_head", "delta_f1"]].copy()
         for c in ("f1_full", "f1_head", "delta_f1"):
             shown[c] = shown[c] * 100  # the paper's Table 1 reports percent
         print("\nΔF1 = F1 full - F1 head (macro F1, %)")

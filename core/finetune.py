@@ -188,6 +188,22 @@ class _Net(nn.Module):
 # ---------------------------------------------------------------- training
 
 
+@dataclasses.dataclass
+class _Run:
+    """Everything one finetuning run trains with, built by `_prepare`."""
+
+    ck: object  # core.models.Checkpoint
+    net: _Net
+    head_module: nn.Module  # the module that is trained in head-only mode
+    trained_head: nn.Module | None  # a core.heads head (MLP, or linear without an HF classifier)
+    pooling: str
+    trainable: list
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    device: torch.device
+    lr: float
+
+
 def finetune(dataset, model_ref: str, mode: str, head: str = "linear", epochs: int | None = None,
              lr: float | None = None, batch_size: int = 32, out=None, device: str = "auto", seed: int = 42,
              warmup: float = 0.1, schedule: str = "linear", augment: bool = True, hidden: int | None = None,
@@ -199,12 +215,47 @@ def finetune(dataset, model_ref: str, mode: str, head: str = "linear", epochs: i
     ``mode``: "head" (frozen backbone) or "full". ``head``: linear | mlp1 | mlp2 | mlp3.
     Returns the checkpoint folder, loadable with ``load_checkpoint("dir:<out>")``.
     """
-    from tqdm.auto import tqdm
-
     from .data import normalize_ref
-    from .data.base import stratified_split
-    from .models import load_checkpoint
 
+    out, epochs = _check_options(mode, head, schedule, out, epochs, batch_size, warmup)
+    dev = _device(device)
+    t_start = time.time()
+    train, val, val_name = _rows(dataset, seed)
+    labels = {i: c for i, c in enumerate(dataset.class_names)}
+    model_ref = normalize_ref(model_ref)
+    r = _prepare(dataset, model_ref, mode, head, hidden, labels, train, dev, cache, seed, lr, weight_decay,
+                 schedule, warmup, epochs, batch_size)
+    n_params = sum(p.numel() for p in r.trainable)
+    log(f"finetune {mode} ({head} head) of {model_ref} [{r.ck.family}, {n_params / 1e6:.2f}M trainable] on "
+        f"{dataset.source}: {len(train)} train / {len(val)} validation ({val_name}), {epochs} epochs, "
+        f"lr {r.lr:g}, batch {batch_size}, {schedule} schedule, {dev.type}")
+    loop = _train_head_only if mode == "head" else _train_full
+    history = loop(r, dataset, train, val, epochs, batch_size, augment, np.random.default_rng(seed), progress, log,
+                   t_start)
+    provenance = {
+        "kind": "checkpoint", "mode": mode, "head": head, "base_model": model_ref, "base_mode": r.ck.mode,
+        "base_fingerprint": r.ck.fingerprint, "family": r.ck.family, "dataset": dataset.source,
+        "dataset_fingerprint": dataset.fingerprint, "class_names": list(dataset.class_names),
+        "epochs": epochs, "lr": r.lr, "batch_size": batch_size, "schedule": schedule, "warmup": warmup,
+        "weight_decay": weight_decay, "seed": seed, "augment": augment,
+        "pooling": r.pooling if r.trained_head is not None else None,
+        "train_rows": int(len(train)), "validation": val_name, "validation_rows": int(len(val)),
+        "val_macro_f1": history[-1]["val_macro_f1"], "device": dev.type,
+        "dtype": "bfloat16 autocast" if dev.type == "cuda" else "float32",
+        "seconds": round(time.time() - t_start, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    ck = r.ck
+    if r.trained_head is not None:
+        ck = dataclasses.replace(ck, model=ck.backbone, head=r.trained_head.eval(),
+                                 head_spec=head_spec(r.trained_head, r.pooling), id2label=dict(labels))
+    _save(ck, out, provenance, history)
+    log(f"saved {out} (validation macro F1 {history[-1]['val_macro_f1']:.3f}, "
+        f"{provenance['seconds']:.1f} s); load it with dir:{out}")
+    return out
+
+
+def _check_options(mode, head, schedule, out, epochs, batch_size, warmup) -> tuple[Path, int]:
+    """(out folder, epochs) after checking the options; UserError on a bad one."""
     if mode not in MODES:
         raise UserError(f"unknown mode {mode!r}: use head (head-only) or full (all parameters)")
     if head not in HEADS:
@@ -219,18 +270,22 @@ def finetune(dataset, model_ref: str, mode: str, head: str = "linear", epochs: i
     epochs = 30 if epochs is None else int(epochs)
     if epochs < 1 or batch_size < 1 or not 0 <= warmup < 1:
         raise UserError("--epochs and --batch-size must be positive and --warmup in [0, 1)")
+    return out, epochs
+
+
+def _device(device: str) -> torch.device:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but torch sees no GPU: use --device cpu or auto")
-    dev = torch.device(device)
-    infer_chunk = 256 if dev.type == "cuda" else 64
+    return torch.device(device)
 
-    def autocast():  # bf16 on GPU; CPU stays fp32 (bf16 matmuls are slow on most CPUs)
-        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
-    t_start = time.time()
 
-    # rows: labelled train rows; validation on test rows, else a held-out tenth of train
+def _rows(dataset, seed: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """(train rows, validation rows, validation name): labelled train rows; validation
+    on the test rows, else on a held-out stratified tenth of train."""
+    from .data.base import stratified_split
+
     labelled = dataset.labels >= 0
     train = dataset.rows("train")[labelled[dataset.rows("train")]]
     val = dataset.rows("test")[labelled[dataset.rows("test")]]
@@ -240,17 +295,19 @@ def finetune(dataset, model_ref: str, mode: str, head: str = "linear", epochs: i
         train, val, val_name = train[~held], train[held], "10% of train"
     if len(train) == 0 or len(val) == 0:
         raise UserError(f"{dataset.source} needs labelled train and test rows to finetune")
-    n_classes = len(dataset.class_names)
-    labels = {i: c for i, c in enumerate(dataset.class_names)}
-    y_train = torch.as_tensor(dataset.labels[train], dtype=torch.long)
-    y_val = np.asarray(dataset.labels[val])
+    return train, val, val_name
+
+
+def _prepare(dataset, model_ref, mode, head, hidden, labels, train, dev, cache, seed, lr, weight_decay,
+             schedule, warmup, epochs, batch_size) -> _Run:
+    """Load the checkpoint, fit its classifier to ``labels`` (or build a core.heads head
+    on the pooled features the family's classifier reads) and set up the optimiser."""
+    from .models import load_checkpoint
 
     torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    model_ref = normalize_ref(model_ref)
+    n_classes = len(labels)
     ck = load_checkpoint(model_ref, device=dev, num_labels=n_classes if head == "linear" else None,
                          id2label=labels, cache=cache, dtype=torch.float32)
-    base_mode = ck.mode
     if hasattr(ck.backbone, "explorer_head"):  # a previous MLP head: replaced, not saved twice
         del ck.backbone.explorer_head
     clf = _std_classifier(ck, labels) if head == "linear" else None
@@ -262,125 +319,131 @@ def finetune(dataset, model_ref: str, mode: str, head: str = "linear", epochs: i
             in_dim = ck.pool(ck.backbone(pixel_values=probe), pooling).shape[-1]
         torch.manual_seed(seed)
         trained_head = build_head(head, in_dim, n_classes, hidden=hidden).to(dev)
-    net = _Net(ck, trained_head if trained_head is not None else clf, pooling)
+    head_module = trained_head if trained_head is not None else clf
+    net = _Net(ck, head_module, pooling)
     if lr is None:
         lr = 1e-3 if mode == "head" else (1e-4 if ck.family == "vit" else 5e-5)
     ck.model.requires_grad_(mode == "full")
-    trainable = list((trained_head if trained_head is not None else clf).parameters())
+    trainable = list(head_module.parameters())
     for p in trainable:
         p.requires_grad_(True)
     if mode == "full":
         trainable = list(net.body.parameters()) + trainable
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(len(train) / batch_size)
-    scheduler = lr_schedule(optimizer, schedule, lr, epochs * steps_per_epoch, warmup)
-    n_params = sum(p.numel() for p in trainable)
-    log(f"finetune {mode} ({head} head) of {model_ref} [{ck.family}, {n_params / 1e6:.2f}M trainable] on "
-        f"{dataset.source}: {len(train)} train / {len(val)} validation ({val_name}), {epochs} epochs, "
-        f"lr {lr:g}, batch {batch_size}, {schedule} schedule, {device}")
+    scheduler = lr_schedule(optimizer, schedule, lr, epochs * math.ceil(len(train) / batch_size), warmup)
+    return _Run(ck, net, head_module, trained_head, pooling, trainable, optimizer, scheduler, dev, lr)
 
-    def embed(images_u8, view: int = 0):
-        """Head inputs of uint8 images (frozen backbone, no grad)."""
-        x = dihedral(images_u8.to(dev), view) if view else images_u8.to(dev)
-        with torch.inference_mode(), autocast():
-            return net.head_inputs(ck.preprocess(x)).float()
 
+def _autocast(dev: torch.device):
+    """bf16 on GPU; CPU stays fp32 (bf16 matmuls are slow on most CPUs)."""
+    return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+
+
+def _infer_chunk(dev: torch.device) -> int:
+    return 256 if dev.type == "cuda" else 64
+
+
+def _head_inputs(r: _Run, images: _Images, n: int, view: int = 0) -> torch.Tensor:
+    """(n, d) float head inputs of the first ``n`` images (frozen backbone, no grad),
+    in the dihedral orientation ``view``."""
+    parts = []
+    chunk = _infer_chunk(r.device)
+    for s in range(0, n, chunk):
+        x = images.get(np.arange(s, min(s + chunk, n))).to(r.device)
+        x = dihedral(x, view) if view else x
+        with torch.inference_mode(), _autocast(r.device):
+            parts.append(r.net.head_inputs(r.ck.preprocess(x)).float().cpu())
+    return torch.cat(parts)
+
+
+def _train_head_only(r: _Run, dataset, train, val, epochs, batch_size, augment, rng, progress, log, t_start):
+    """Head-only: the frozen backbone's outputs computed once (for up to 8
+    orientations), then the head trained on them. Returns the epoch history."""
+    from tqdm.auto import tqdm
+
+    n_views = min(8, epochs) if augment else 1
+    r.ck.model.eval()
+    train_images = _Images(dataset, train)
+    bar = tqdm(total=len(train) * n_views + len(val), unit="img", desc="backbone features",
+               disable=not progress, file=sys.stderr)
+    feats = []
+    for v in range(n_views):
+        feats.append(_head_inputs(r, train_images, len(train), v))
+        bar.update(len(train))
+    feats = torch.stack(feats)  # (views, n, d)
+    if feats.numel() * 4 < PRELOAD_BYTES // 2:
+        feats = feats.to(r.device)
+    val_feats = _head_inputs(r, _Images(dataset, val), len(val))
+    bar.update(len(val))
+    bar.close()
+    log(f"backbone features: {n_views} view(s) x {len(train)} + {len(val)} in {time.time() - t_start:.1f} s")
+    del train_images
+
+    y_train = torch.as_tensor(dataset.labels[train], dtype=torch.long)
+    y_val, n_classes = np.asarray(dataset.labels[val]), len(dataset.class_names)
     history = []
-    val_images = _Images(dataset, val)
-    if mode == "head":
-        # frozen backbone: compute its outputs once, for up to 8 orientations
-        n_views = min(8, epochs) if augment else 1
-        ck.model.eval()
-        chunk = infer_chunk
-        train_images = _Images(dataset, train)
-        bar = tqdm(total=len(train) * n_views + len(val), unit="img", desc="backbone features",
-                   disable=not progress, file=sys.stderr)
-        feats = []
-        for v in range(n_views):
-            parts = []
-            for s in range(0, len(train), chunk):
-                parts.append(embed(train_images.get(np.arange(s, min(s + chunk, len(train)))), v).cpu())
-                bar.update(len(parts[-1]))
-            feats.append(torch.cat(parts))
-        feats = torch.stack(feats)  # (views, n, d)
-        if feats.numel() * 4 < PRELOAD_BYTES // 2:
-            feats = feats.to(dev)
-        val_feats = torch.cat([embed(val_images.get(np.arange(s, min(s + chunk, len(val)))))
-                               for s in range(0, len(val), chunk)])
-        bar.update(len(val))
-        bar.close()
-        log(f"backbone features: {n_views} view(s) x {len(train)} + {len(val)} in {time.time() - t_start:.1f} s")
-        del train_images
+    for epoch in range(epochs):
+        t0 = time.time()
+        r.head_module.train()
+        order = rng.permutation(len(train))
+        views = rng.integers(0, n_views, len(train))
+        total, seen = 0.0, 0
+        for s in tqdm(range(0, len(train), batch_size), desc=f"epoch {epoch + 1}/{epochs}",
+                      disable=not progress, file=sys.stderr, leave=False):
+            idx = order[s : s + batch_size]
+            x = feats[torch.from_numpy(views[idx]).to(feats.device), torch.from_numpy(idx).to(feats.device)]
+            loss = nn.functional.cross_entropy(r.head_module(x.to(r.device)), y_train[idx].to(r.device))
+            _step(loss, r.optimizer, r.scheduler, r.trainable)
+            total, seen = total + loss.item() * len(idx), seen + len(idx)
+        r.head_module.eval()
+        with torch.no_grad():
+            preds = r.net.classify(val_feats.to(r.device)).argmax(-1).cpu().numpy()
+        history.append(_epoch_entry(epoch, total / seen, macro_f1(y_val, preds, n_classes), t0, r.optimizer))
+        log(_epoch_line(history[-1], epochs))
+    return history
 
-        head_module = trained_head if trained_head is not None else clf
-        for epoch in range(epochs):
-            t0 = time.time()
-            head_module.train()
-            order = rng.permutation(len(train))
-            views = rng.integers(0, n_views, len(train))
-            total, seen = 0.0, 0
-            for s in tqdm(range(0, len(train), batch_size), desc=f"epoch {epoch + 1}/{epochs}",
-                          disable=not progress, file=sys.stderr, leave=False):
-                idx = order[s : s + batch_size]
-                x = feats[torch.from_numpy(views[idx]).to(feats.device), torch.from_numpy(idx).to(feats.device)]
-                loss = nn.functional.cross_entropy(head_module(x.to(dev)), y_train[idx].to(dev))
-                _step(loss, optimizer, scheduler, trainable)
-                total, seen = total + loss.item() * len(idx), seen + len(idx)
-            head_module.eval()
-            with torch.no_grad():
-                preds = net.classify(val_feats.to(dev)).argmax(-1).cpu().numpy()
-            history.append(_epoch_entry(epoch, total / seen, macro_f1(y_val, preds, n_classes), t0, optimizer))
-            log(_epoch_line(history[-1], epochs))
-    else:
-        train_images = _Images(dataset, train)
-        for epoch in range(epochs):
-            t0 = time.time()
-            net.train()
-            order = rng.permutation(len(train))
-            total, seen = 0.0, 0
-            chunks = (order[i : i + batch_size] for i in range(0, len(order), batch_size))
-            pin = dev.type == "cuda"
-            batches = ((idx, train_images.get(idx).pin_memory() if pin else train_images.get(idx)) for idx in chunks)
-            bar = tqdm(_prefetch(batches), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
-                       disable=not progress, file=sys.stderr, leave=False)
-            for idx, x in bar:
-                x = x.to(dev, non_blocking=True)
-                if augment:
-                    x = dihedral(x, torch.from_numpy(rng.integers(0, 8, len(idx))).to(dev))
-                with autocast():
-                    logits = net(ck.preprocess(x))
-                loss = nn.functional.cross_entropy(logits.float(), y_train[idx].to(dev))
-                _step(loss, optimizer, scheduler, trainable)
-                total, seen = total + loss.item() * len(idx), seen + len(idx)
-                bar.set_postfix(loss=f"{total / seen:.3f}")
-            net.eval()
-            preds = []
-            with torch.inference_mode(), autocast():
-                for s in range(0, len(val), infer_chunk):
-                    x = val_images.get(np.arange(s, min(s + infer_chunk, len(val))))
-                    preds.append(net(ck.preprocess(x.to(dev))).argmax(-1).cpu())
-            f1 = macro_f1(y_val, torch.cat(preds).numpy(), n_classes)
-            history.append(_epoch_entry(epoch, total / seen, f1, t0, optimizer))
-            log(_epoch_line(history[-1], epochs))
 
-    provenance = {
-        "kind": "checkpoint", "mode": mode, "head": head, "base_model": model_ref, "base_mode": base_mode,
-        "base_fingerprint": ck.fingerprint, "family": ck.family, "dataset": dataset.source,
-        "dataset_fingerprint": dataset.fingerprint, "class_names": list(dataset.class_names),
-        "epochs": epochs, "lr": lr, "batch_size": batch_size, "schedule": schedule, "warmup": warmup,
-        "weight_decay": weight_decay, "seed": seed, "augment": augment, "pooling": pooling if trained_head is not None else None,
-        "train_rows": int(len(train)), "validation": val_name, "validation_rows": int(len(val)),
-        "val_macro_f1": history[-1]["val_macro_f1"], "device": device,
-        "dtype": "bfloat16 autocast" if dev.type == "cuda" else "float32",
-        "seconds": round(time.time() - t_start, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    if trained_head is not None:
-        ck = dataclasses.replace(ck, model=ck.backbone, head=trained_head.eval(),
-                                 head_spec=head_spec(trained_head, pooling), id2label=dict(labels))
-    _save(ck, out, provenance, history)
-    log(f"saved {out} (validation macro F1 {history[-1]['val_macro_f1']:.3f}, "
-        f"{provenance['seconds']:.1f} s); load it with dir:{out}")
-    return out
+def _train_full(r: _Run, dataset, train, val, epochs, batch_size, augment, rng, progress, log, t_start):
+    """Full finetuning: every parameter, images read (and prefetched) per batch,
+    one random flip/rotation each. Returns the epoch history."""
+    from tqdm.auto import tqdm
+
+    dev, ck, net = r.device, r.ck, r.net
+    train_images, val_images = _Images(dataset, train), _Images(dataset, val)
+    y_train = torch.as_tensor(dataset.labels[train], dtype=torch.long)
+    y_val, n_classes = np.asarray(dataset.labels[val]), len(dataset.class_names)
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+    history = []
+    for epoch in range(epochs):
+        t0 = time.time()
+        net.train()
+        order = rng.permutation(len(train))
+        total, seen = 0.0, 0
+        chunks = (order[i : i + batch_size] for i in range(0, len(order), batch_size))
+        pin = dev.type == "cuda"
+        batches = ((idx, train_images.get(idx).pin_memory() if pin else train_images.get(idx)) for idx in chunks)
+        bar = tqdm(_prefetch(batches), total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}",
+                   disable=not progress, file=sys.stderr, leave=False)
+        for idx, x in bar:
+            x = x.to(dev, non_blocking=True)
+            if augment:
+                x = dihedral(x, torch.from_numpy(rng.integers(0, 8, len(idx))).to(dev))
+            with _autocast(dev):
+                logits = net(ck.preprocess(x))
+            loss = nn.functional.cross_entropy(logits.float(), y_train[idx].to(dev))
+            _step(loss, r.optimizer, r.scheduler, r.trainable)
+            total, seen = total + loss.item() * len(idx), seen + len(idx)
+            bar.set_postfix(loss=f"{total / seen:.3f}")
+        net.eval()
+        preds = []
+        with torch.inference_mode(), _autocast(dev):
+            for s in range(0, len(val), _infer_chunk(dev)):
+                x = val_images.get(np.arange(s, min(s + _infer_chunk(dev), len(val))))
+                preds.append(net(ck.preprocess(x.to(dev))).argmax(-1).cpu())
+        f1 = macro_f1(y_val, torch.cat(preds).numpy(), n_classes)
+        history.append(_epoch_entry(epoch, total / seen, f1, t0, r.optimizer))
+        log(_epoch_line(history[-1], epochs))
+    return history
 
 
 def _step(loss, optimizer, scheduler, params) -> None:

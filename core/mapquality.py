@@ -78,27 +78,12 @@ def exact_knn(X, k: int, queries=None) -> tuple[np.ndarray, np.ndarray]:
 
     ``queries=None`` means every row of ``X``, each excluding itself. Returns
     ``(indices int64 (m, k), squared distances float32 (m, k))``, nearest first.
+    Runs on the GPU when one is visible (bf16 products re-ranked in float32,
+    certified exact: see :mod:`core.knn`).
     """
-    X = np.ascontiguousarray(X, dtype=np.float32)
-    self_query = queries is None
-    Q = X if self_query else np.ascontiguousarray(queries, dtype=np.float32)
-    n, m = len(X), len(Q)
-    k = int(k)
-    if not 0 < k <= n - self_query:
-        raise ValueError(f"k={k} neighbours asked among {n} points")
-    x_norms = np.einsum("ij,ij->i", X, X)
-    idx = np.empty((m, k), dtype=np.int64)
-    dist = np.empty((m, k), dtype=np.float32)
-    for s in _chunks(m, n):
-        D = _sq_distances(Q[s], X, x_norms)
-        if self_query:
-            D[np.arange(D.shape[0]), np.arange(s.start, s.stop)] = np.inf
-        part = np.argpartition(D, k - 1, axis=1)[:, :k]
-        d = np.take_along_axis(D, part, axis=1)
-        order = np.argsort(d, axis=1, kind="stable")
-        idx[s] = np.take_along_axis(part, order, axis=1)
-        dist[s] = np.take_along_axis(d, order, axis=1)
-    return idx, dist
+    from .knn import knn
+
+    return knn(X, k, queries=queries)
 
 
 def _map_neighbours(Y: np.ndarray, k: int) -> np.ndarray:

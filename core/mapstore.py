@@ -38,8 +38,7 @@ def _say(progress: bool, message: str):
 
 
 def _features_runs(cache) -> list[dict]:
-    # list_runs said kind "feature" before the cache fix on main (81f9942), "features" since
-    return [r for r in store.list_runs(cache) if r.get("kind") in ("features", "feature")]
+    return [r for r in store.list_runs(cache) if r["kind"] == "features"]
 
 
 def features_run(features_key: str, cache=None) -> dict:
@@ -56,6 +55,9 @@ def features_run(features_key: str, cache=None) -> dict:
 def find_features(dataset: str, model: str, cache=None) -> dict:
     """The features run of ``dataset`` x ``model``; with several (poolings,
     splits) the one with split "all" and pooling "cls", else a UserError listing them."""
+    from .data import canonical_ref
+
+    dataset, model = canonical_ref(dataset), canonical_ref(model)
     runs = [r for r in _features_runs(cache) if r.get("dataset") == dataset and r.get("model") == model]
     if not runs:
         raise UserError(
@@ -167,13 +169,13 @@ def get_projection(features_key: str, method: str, cache=None, params=None, alig
         feature_quality = _feature_quality(features_key, cache, rows["label"].to_numpy(), X, run)
         prov = {
             "kind": "projection", "features_run": features_key, "method": method, "params": params,
-            "fitted_params": fit_params,
+            "fitted_params": fit_params, "implementation": fitted.implementation or None,
             "aligned_to": align_to or None, "rows": len(X), "map_version": MAP_VERSION,
             "dataset": run.get("dataset"), "model": run.get("model"), "mode": run.get("mode"),
             "pooling": run.get("pooling"), "split": run.get("split"),
             "quality": quality, "feature_quality": feature_quality,
             "seconds": round(seconds, 3), "quality_seconds": round(time.perf_counter() - quality_start, 3),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": _versions(method),
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": _versions(method, fitted.implementation),
         }
         table = pa.table({
             "row": rows["row"].to_numpy(np.int64), "id": rows["id"].astype(str).to_numpy(),
@@ -218,10 +220,11 @@ def _feature_quality(features_key, cache, labels, X, run) -> dict | None:
     return proj.feature_space_quality(X, labels, run.get("class_names"))
 
 
-def _versions(method: str) -> dict:
+def _versions(method: str, implementation: str = "") -> dict:
     import importlib.metadata as md
 
     names = {"tsne": ["openTSNE"], "umap": ["umap-learn", "pynndescent"], "pca": []}[method] + ["scikit-learn", "numpy"]
+    names += ["torch"] if (implementation or "").startswith("torch") else []
     return {n: md.version(n) for n in names}
 
 

@@ -37,8 +37,6 @@ from .data.base import SourceError
 from .pooling import NO_CLS, POOLINGS, classifier_pooling, default_pooling, pool  # noqa: F401  (POOLINGS: CLI)
 from .preprocess import Preprocessor, processor_config
 
-FAMILIES = ("dinov2", "vit", "beit", "swinv2")
-
 
 def resolve(ref: str, cache=None) -> Path:
     """Turn a checkpoint reference into a local folder, or raise SourceError saying what to do."""
@@ -242,8 +240,10 @@ def describe(path: Path) -> dict:
     family = raw.get("model_type", "unknown")
     arch = (raw.get("architectures") or [""])[0]
     has_head = arch.endswith("ForImageClassification") or "explorer_head" in raw
+    recorded = recorded_provenance(path)
     return {"family": family, "has_head": has_head, "default_pooling": default_pooling(family),
-            "mode": recorded_provenance(path).get("mode")}
+            "id2label": raw.get("id2label") if has_head else None, "mode": recorded.get("mode"),
+            "base_model": recorded.get("base_model"), "recorded": recorded}
 
 
 def _load_model(cls, path: Path, **kw):

@@ -74,6 +74,7 @@ class Map:
     embedding: np.ndarray
     dim: int
     _place: Callable = field(repr=False)
+    implementation: str = ""  # which code made it, e.g. "openTSNE 1.0.4" or "torch (cuda)"
 
     def transform(self, X_new) -> np.ndarray:
         """``(m, d)`` new features -> ``(m, 2)`` float32 coordinates in this map."""
@@ -131,8 +132,15 @@ def fit_tsne(
     early_exaggeration_iter: int = 250,
     n_jobs: int | None = None,
     progress: bool = False,
+    device: str | None = None,
+    implementation: str | None = None,
 ) -> Map:
-    """t-SNE with openTSNE (FFT-accelerated gradients at scale) on exact neighbours.
+    """t-SNE with openTSNE's algorithm on exact neighbours: openTSNE itself or our
+    torch port of it (:mod:`core.tsne_torch`).
+
+    ``device``: "cuda" | "cpu" | None (= CUDA when available). ``implementation``
+    "openTSNE" | "torch" | None (= the faster one on that device: see
+    :func:`implementation_for`). ``Map.implementation`` says which ran.
 
     Defaults mirror the paper (perplexity 30, seed 42, PCA initialisation).
     ``init`` (n, 2) is a map of the same points to start from, at its own scale
@@ -150,6 +158,9 @@ def fit_tsne(
         )
     init = _check_init(init, n)
     jobs = _n_jobs(n_jobs, n)
+    impl = implementation_for(n, device, implementation)
+    if impl != "openTSNE":
+        return _fit_tsne_torch(X, perplexity, seed, init, n_iter, early_exaggeration_iter, jobs, progress, impl)
     bar = _Progress(early_exaggeration_iter + n_iter, "t-SNE: neighbours") if progress else None
     index = _ExactNeighbours(X, min(n - 1, int(3 * perplexity)), n_jobs=jobs)
     aff = PerplexityBasedNN(perplexity=perplexity, knn_index=index, n_jobs=jobs, random_state=seed)
@@ -168,9 +179,7 @@ def fit_tsne(
         bar.bar.set_description("t-SNE: layout")
     model = TSNE(
         perplexity=perplexity, **phases,
-        # openTSNE's "auto": FFT-interpolated gradients from 10,000 points up, Barnes-Hut
-        # below, where FFT's fixed grid costs more than the points (300 points: 5 s vs 1 s)
-        negative_gradient_method="auto", n_jobs=jobs, random_state=seed,
+        negative_gradient_method=gradient_method(n), n_jobs=jobs, random_state=seed,
         callbacks=bar, callbacks_every_iters=10,
     )
     quiet = logging.getLogger("openTSNE")  # it warns that a wide start "may" converge poorly
@@ -187,7 +196,61 @@ def fit_tsne(
     # doing it now keeps placed points and the returned map in one frame
     embedding -= (embedding.max(axis=0) + embedding.min(axis=0)) / 2
     params = dict(perplexity=perplexity, seed=seed, n_iter=n_iter, early_exaggeration_iter=early_exaggeration_iter)
-    return Map("tsne", params, np.asarray(embedding, dtype=np.float32), X.shape[1], _placer(embedding))
+    return Map("tsne", params, np.asarray(embedding, dtype=np.float32), X.shape[1], _placer(embedding),
+               implementation=f"openTSNE {_version('openTSNE')}")
+
+
+# openTSNE's gradient method: FFT interpolation from this many points up, Barnes-Hut
+# below. CPU time per iteration, one thread, 750 iterations of bench/projection.py's
+# features: 2,000 points FFT 10.9 ms, BH 6.6 ms; 8,000 (first 100 iterations) FFT
+# 11 ms, BH 43 ms. openTSNE's own "auto" switches at 10,000: the slow corner of issue 13.
+FFT_FROM = 5000
+
+
+def gradient_method(n: int) -> str:
+    """openTSNE's negative_gradient_method for ``n`` points ("fft" or "bh")."""
+    return "fft" if n >= FFT_FROM else "bh"
+
+
+def implementation_for(n: int, device: str | None = None, implementation: str | None = None) -> str:
+    """Which t-SNE code maps ``n`` points: "torch-cuda", "torch-cpu" or "openTSNE".
+
+    ``device`` "cuda" | "cpu" | None (= CUDA when available); ``implementation``
+    "openTSNE" | "torch" | None (= the faster: the torch port on a GPU, openTSNE
+    on the CPU, where its compiled loops take half the torch port's time per
+    iteration: 11 vs 22 ms CPU time at 8,000 points, one thread)."""
+    import torch
+
+    if implementation not in (None, "openTSNE", "torch"):
+        raise ProjectionError(f"t-SNE implementation must be openTSNE or torch; got {implementation!r}")
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise ProjectionError(f"device must be cpu or cuda; got {device!r}")
+    if str(device).startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ProjectionError("device cuda asked for, but torch sees no GPU here; use device='cpu'")
+        return "openTSNE" if implementation == "openTSNE" else "torch-cuda"
+    return "torch-cpu" if implementation == "torch" else "openTSNE"
+
+
+def _fit_tsne_torch(X, perplexity, seed, init, n_iter, early_exaggeration_iter, jobs, progress, impl) -> Map:
+    from . import tsne_torch
+
+    device = "cuda" if impl == "torch-cuda" else "cpu"
+    Y = tsne_torch.tsne(X, perplexity=perplexity, seed=seed, init=init, n_iter=n_iter,
+                        early_exaggeration_iter=early_exaggeration_iter, device=device, progress=progress)
+    Y -= (Y.max(axis=0) + Y.min(axis=0)) / 2  # the frame openTSNE's placement works in (see below)
+    params = dict(perplexity=perplexity, seed=seed, n_iter=n_iter, early_exaggeration_iter=early_exaggeration_iter)
+    embedding = TSNEEmbedding(Y.astype(np.float64), _MapNeighbours(X, perplexity, jobs), random_state=seed, n_jobs=jobs)
+    return Map("tsne", params, Y.astype(np.float32), X.shape[1], _placer(embedding),
+               implementation=f"torch {_version('torch')} ({device}), openTSNE's algorithm")
+
+
+def _version(package: str) -> str:
+    import importlib.metadata as md
+
+    return md.version(package)
 
 
 def _placer(embedding):
@@ -324,7 +387,7 @@ def attach(method: str, X, Y, n_jobs: int | None = None, **params) -> Map:
 # ---------------------------------------------------------------- one door
 
 _FIT = {"tsne": fit_tsne, "umap": fit_umap, "pca": fit_pca}
-_NOT_PARAMS = {"X", "init", "n_jobs", "progress"}  # do not change the map, so not part of its key
+_NOT_PARAMS = {"X", "init", "n_jobs", "progress", "device", "implementation"}  # do not change the map, so not part of its key
 
 
 def params_for(method: str, **given) -> dict:
@@ -358,9 +421,13 @@ def fit(method: str, X, init=None, progress: bool = False, **params) -> Map:
     return _FIT[method](X, init=init, **params, **extra)
 
 
-def tsne(X, perplexity: float = 30.0, seed: int = 42, init=None, n_jobs: int | None = None, progress: bool = False, **kw) -> np.ndarray:
-    """(n, d) features -> (n, 2) float32 t-SNE map; see :func:`fit_tsne`."""
-    return fit_tsne(X, perplexity=perplexity, seed=seed, init=init, n_jobs=n_jobs, progress=progress, **kw).embedding
+def tsne(X, perplexity: float = 30.0, seed: int = 42, init=None, n_jobs: int | None = None, progress: bool = False,
+         device: str | None = None, implementation: str | None = None, **kw) -> np.ndarray:
+    """(n, d) features -> (n, 2) float32 t-SNE map; see :func:`fit_tsne`
+    (``device`` "cuda" | "cpu" | None = CUDA when available; ``implementation``
+    "openTSNE" | "torch" | None = the faster there)."""
+    return fit_tsne(X, perplexity=perplexity, seed=seed, init=init, n_jobs=n_jobs, progress=progress, device=device,
+                    implementation=implementation, **kw).embedding
 
 
 def umap(X, n_neighbors: int = 15, min_dist: float = 0.1, seed: int = 42, init=None, progress: bool = False) -> np.ndarray:

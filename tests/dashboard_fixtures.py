@@ -1,10 +1,13 @@
 """A small cache the dashboard tests and the benchmark read: features runs (generic
-without a head, head-only and full with one), projections with quality numbers,
+without a head, head-only and full with one), maps with quality numbers,
 evaluations, and a `folder:` dataset of tiny PNGs for thumbnails.
 
 Embeddings are clustered like the paper's: generic features carry little class
 structure, fully finetuned ones separate the classes, Unbarred Tight and Loose
-Spirals stay close and Disturbed is scattered.
+Spirals stay close and Disturbed is scattered. No model gives such features on
+demand, so the features parquets are written here in the contract format; the
+maps (``core.mapstore``) and evaluations (`python -m core evaluate`) are what core
+computes from them.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import pyarrow as pa
 
 from core import cache as store
 from core.data.base import GALAXY10_CLASSES, GALAXY10_COUNTS
+from tests.features_fixtures import write_features as write_run
 
 TIGHT, LOOSE, DISTURBED = 6, 7, 0
 
@@ -43,9 +47,8 @@ def _write_images(folder: Path, labels: np.ndarray, splits: np.ndarray, redshift
     return f"folder:{folder}"
 
 
-def _fixed_list(a: np.ndarray) -> pa.Array:
-    a = np.ascontiguousarray(a, np.float32)
-    return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), a.shape[1])
+def _ids(n: int) -> list[str]:
+    return [f"gal{i:06d}" for i in range(n)]
 
 
 def _predictions(labels, accuracy, rng):
@@ -84,67 +87,77 @@ def _layout(labels, separation, rng):
     return xy.astype(np.float32)
 
 
-def _pca2(X):
-    Xc = X - X.mean(0)
-    _, _, vt = np.linalg.svd(Xc[: min(len(Xc), 5000)], full_matrices=False)
-    return (Xc @ vt[:2].T).astype(np.float32)
-
-
 def write_features(cache: Path, dataset: str, model: str, mode: str, labels, splits, emb, meta=None,
                    preds=None, class_names=GALAXY10_CLASSES, family="dinov2", size="small") -> dict:
-    n = len(labels)
-    cols = {"row": pa.array(np.arange(n), pa.int64()), "id": pa.array([f"gal{i:06d}" for i in range(n)]),
-            "split": pa.array(splits.astype(str)), "label": pa.array(labels, pa.int64()), "embedding": _fixed_list(emb)}
+    columns = {"id": _ids(len(labels)), "split": splits, "label": labels, "embedding": emb}
     if preds is not None:
-        pred, conf, probs = preds
-        cols.update(pred=pa.array(pred, pa.int64()), confidence=pa.array(conf, pa.float32()), probs=_fixed_list(probs))
-    for name, values in (meta or {}).items():
-        cols[f"meta_{name}"] = pa.array(values)
-    key = store.key_of("fixture", dataset, model, mode, n)
-    prov = dict(kind="features", dataset=dataset, dataset_fingerprint=store.key_of(dataset), model=model,
-                model_fingerprint=store.key_of(model), family=family, size=size, mode=mode, pooling="cls",
-                split="all", rows=n, dim=int(emb.shape[1]), has_head=preds is not None,
-                class_names=list(class_names),
-                id2label={str(i): c for i, c in enumerate(class_names)} if preds is not None else {},
-                base_model="demo:generic" if mode != "generic" else None, dtype="float32", device="cpu")
-    path = store.path_for(cache, "features", key)
-    store.write_parquet(path, pa.table(cols), prov)
-    return {**prov, "key": key, "path": str(path)}
+        columns.update(zip(("pred", "confidence", "probs"), preds))
+    columns.update({f"meta_{name}": values for name, values in (meta or {}).items()})
+    return write_run(cache, columns, dataset=dataset, model=model, mode=mode, class_names=list(class_names),
+                     family=family, size=size, base_model="demo:generic" if mode != "generic" else None)
 
 
-def write_projection(cache: Path, run: dict, method: str, xy: np.ndarray, aligned_to: str | None = None,
+def write_layout_map(cache: Path, run: dict, method: str, xy: np.ndarray, aligned_to: str | None = None,
                      quality: dict | None = None) -> dict:
-    n = len(xy)
-    key = store.key_of("fixture-proj", run["key"], method, aligned_to)
-    prov = dict(kind="projection", features_run=run["key"], method=method, params={"seed": 42},
-                aligned_to=aligned_to, rows=n, quality=quality or {}, seconds=1.0, created="2026-01-01T00:00:00")
-    table = pa.table({"row": pa.array(np.arange(n), pa.int64()), "id": pa.array([f"gal{i:06d}" for i in range(n)]),
+    """A ready-made layout stored under the key and provenance ``core.mapstore`` gives that map
+    (default options), so core and the dashboard take it for the computed one. Only for
+    benchmark sizes where a real t-SNE would take minutes; tests let core compute maps."""
+    from core import mapstore, projection as proj
+
+    params = proj.params_for(method)
+    key = mapstore.projection_key(run["key"], method, params, aligned_to)
+    prov = dict(kind="projection", features_run=run["key"], method=method, params=params, fitted_params=params,
+                aligned_to=aligned_to, rows=len(xy), map_version=mapstore.MAP_VERSION, dataset=run["dataset"],
+                model=run["model"], mode=run["mode"], pooling=run["pooling"], split=run["split"],
+                quality=quality or {}, feature_quality=None, seconds=0.0, created="2026-01-01T00:00:00")
+    table = pa.table({"row": pa.array(np.arange(len(xy)), pa.int64()), "id": pa.array(_ids(len(xy))),
                       "x": pa.array(xy[:, 0], pa.float32()), "y": pa.array(xy[:, 1], pa.float32())})
     store.write_parquet(store.path_for(cache, "projections", key), table, prov)
     return prov
 
 
-def write_evaluation(cache: Path, run: dict, labels, pred, splits):
-    from core.evaluation import classification_report
+def _maps(cache: Path, generic: dict, head: dict, full: dict, labels, rng, layout: bool) -> None:
+    """t-SNE for all three runs (the finetuned ones started from the generic map), PCA for
+    generic and full, no UMAP: computed by ``core.mapstore``, or ready-made layouts."""
+    if not layout:
+        from core import mapstore
 
-    test = splits == "test"
-    rep = classification_report(labels[test], pred[test], GALAXY10_CLASSES)
-    cm, scores = rep["confusion"], rep["per_class"]
-    store.write_json(store.path_for(cache, "evaluations", run["key"], ".json"), {
-        "features_run": run["key"], "dataset": run["dataset"], "model": run["model"], "mode": run["mode"],
-        "class_names": GALAXY10_CLASSES, "split": "test", "accuracy": rep["accuracy"],
-        "macro_f1": rep["macro_f1"], "per_class": scores.to_dict("records"), "confusion": cm.tolist()})
+        for run, method, align in ((generic, "tsne", None), (head, "tsne", generic), (full, "tsne", generic),
+                                   (generic, "pca", None), (full, "pca", None)):
+            mapstore.get_projection(run["key"], method, cache, align_to=align and align["key"], progress=False)
+        return
+    quality = {"generic": {"knn_preservation": 0.31, "trustworthiness": 0.88},
+               "full": {"knn_preservation": 0.47, "trustworthiness": 0.95}}
+    generic_xy = _layout(labels, 0.15, rng)
+    write_layout_map(cache, generic, "tsne", generic_xy, quality=quality["generic"])
+    write_layout_map(cache, head, "tsne", generic_xy + rng.normal(0, 0.5, generic_xy.shape).astype(np.float32),
+                     aligned_to=generic["key"], quality=quality["generic"])
+    write_layout_map(cache, full, "tsne", _layout(labels, 1.0, rng), aligned_to=generic["key"],
+                     quality=quality["full"])
+
+
+def evaluate(cache: Path) -> None:
+    """`python -m core evaluate` on the cache: evaluations and the ΔF1 summary, as core writes them."""
+    import contextlib
+    import io
+
+    from core.__main__ import main
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["evaluate", "--cache", str(cache)]) == 0
 
 
 def build_cache(root, n: int = 600, images: bool = True, dim: int = 32, seed: int = 0,
-                second_dataset: bool = True) -> Path:
+                second_dataset: bool = True, layout_maps: bool = False) -> Path:
     """Write a fixture cache under ``root/cache`` and return its path.
 
     Dataset A (n galaxies; a `folder:` of PNGs when ``images``, else an unopenable
     reference so thumbnails fall back to placeholders): runs demo:generic (no head),
     demo:head and demo:full, t-SNE for all three (finetuned maps aligned to the
     generic one), PCA for generic and full, no UMAP, evaluations for head and full.
-    Dataset B (``second_dataset``): one generic run without a head and no images.
+    Dataset B (``second_dataset``): one generic run without a head, no images, a t-SNE map.
+    Maps and evaluations are computed by core (``layout_maps``: ready-made t-SNE
+    layouts and no PCA, for benchmark sizes).
     """
     root = Path(root)
     cache = root / "cache"
@@ -161,31 +174,25 @@ def build_cache(root, n: int = 600, images: bool = True, dim: int = 32, seed: in
     centres[LOOSE] = 0.8 * centres[TIGHT] + 0.2 * centres[LOOSE]
     generic_emb = _embeddings(labels, centres, 0.35, 1.0, rng)
     full_emb = _embeddings(labels, centres, 2.0, 0.6, rng)
-    quality = {"generic": {"knn_preservation": 0.31, "trustworthiness": 0.88},
-               "full": {"knn_preservation": 0.47, "trustworthiness": 0.95}}
 
     generic = write_features(cache, dataset, "demo:generic", "generic", labels, splits, generic_emb, meta)
     head_preds = _predictions(labels, 0.6, rng)
     head = write_features(cache, dataset, "demo:head", "head", labels, splits, generic_emb, meta, head_preds)
     full_preds = _predictions(labels, 0.86, rng)
     full = write_features(cache, dataset, "demo:full", "full", labels, splits, full_emb, meta, full_preds)
-
-    generic_xy = _layout(labels, 0.15, rng)
-    write_projection(cache, generic, "tsne", generic_xy, quality=quality["generic"])
-    write_projection(cache, head, "tsne", generic_xy + rng.normal(0, 0.5, generic_xy.shape).astype(np.float32),
-                     aligned_to=generic["key"], quality=quality["generic"])
-    write_projection(cache, full, "tsne", _layout(labels, 1.0, rng), aligned_to=generic["key"],
-                     quality=quality["full"])
-    write_projection(cache, generic, "pca", _pca2(generic_emb), quality={"trustworthiness": 0.7})
-    write_projection(cache, full, "pca", _pca2(full_emb), quality={"trustworthiness": 0.8})
-    write_evaluation(cache, head, labels, head_preds[0], splits)
-    write_evaluation(cache, full, labels, full_preds[0], splits)
+    _maps(cache, generic, head, full, labels, rng, layout_maps)
+    evaluate(cache)
 
     if second_dataset:
-        m = 80
+        m = 100
         lab_b = _labels(m, rng)
         split_b = np.where(np.arange(m) % 5 == 0, "test", "train")
         other = write_features(cache, f"folder:{root / 'other-galaxies'}", "hf:facebook/dinov2-small", "generic",
                                lab_b, split_b, _embeddings(lab_b, centres, 0.5, 1.0, rng))
-        write_projection(cache, other, "tsne", _layout(lab_b, 0.3, rng), quality={"trustworthiness": 0.9})
+        if layout_maps:
+            write_layout_map(cache, other, "tsne", _layout(lab_b, 0.3, rng), quality={"trustworthiness": 0.9})
+        else:
+            from core import mapstore
+
+            mapstore.get_projection(other["key"], "tsne", cache, progress=False)
     return cache

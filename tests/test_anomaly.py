@@ -7,6 +7,7 @@ import pytest
 
 from core import anomaly
 from core.errors import UserError
+from tests.conftest import subprocess_timeout
 from tests.projection_fixtures import blobs, write_features
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -75,16 +76,17 @@ def test_cached_once_keyed_by_parameters(tmp_path):
     assert not list((tmp_path / "anomalies").glob(".*tmp*"))
 
 
+@pytest.mark.slow
 def test_cli_lists_the_weirdest_and_ranks_another_run(tmp_path):
     X, labels = planted(n=120)
     key = write_features(tmp_path, X, labels, class_names=["a", "b", "c", "odd"])
     other = write_features(tmp_path, X[-5:], labels[-5:], dataset="folder:photos")
     r = subprocess.run([sys.executable, "-m", "core", "anomalies", "--run", key, "--against", other, "--top", "5",
-                        "--cache", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
+                        "--cache", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=subprocess_timeout())
     assert r.returncode == 0, r.stderr
     top = r.stdout.split("weirdest 5")[1].splitlines()[1:6]
     assert sum("odd" in line for line in top) >= 4, r.stdout
     assert "class odd: 5 galaxies" in r.stdout and "5 galaxies of folder:photos ranked against it" in r.stdout
     bad = subprocess.run([sys.executable, "-m", "core", "anomalies", "--run", "nope", "--cache", str(tmp_path)],
-                         cwd=REPO, capture_output=True, text=True, timeout=60)
+                         cwd=REPO, capture_output=True, text=True, timeout=subprocess_timeout())
     assert bad.returncode == 2 and "no cached features with key 'nope'" in bad.stderr and "Traceback" not in bad.stderr

@@ -20,8 +20,8 @@ ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run"]
 
-pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                reason=f"{CHROMIUM} not found: apt-get install chromium (no browser is downloaded)")
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(
+    not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not found: apt-get install chromium (no browser is downloaded)")]
 
 
 def free_port() -> int:
@@ -53,9 +53,10 @@ def start_server(cache: Path, log_path: Path):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory, demo_cache):
+def server(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("browser")
-    cache = Path(os.environ.get("DASHBOARD_BROWSER_CACHE") or demo_cache["cache"])  # the README's demo
+    cache = Path(os.environ.get("DASHBOARD_BROWSER_CACHE")  # a prebuilt demo cache, else the README's demo
+                 or request.getfixturevalue("demo_cache")["cache"])
     proc, url = start_server(cache, root / "server.log")
     yield url, root / "server.log"
     proc.terminate()
@@ -140,6 +141,52 @@ def test_map_confusion_click_gallery_and_selection(server):
             assert "Traceback" not in page.content()
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "failure.png"))
+            print(Path(log).read_text()[-3000:])
+            raise
+        finally:
+            browser.close()
+
+
+def test_find_by_uploaded_image(server, tmp_path):
+    """Upload a galaxy image in the Find view: it goes through the checkpoints and its most
+    similar galaxies appear with their similarity."""
+    import numpy as np
+    from PIL import Image
+    from playwright.sync_api import sync_playwright
+
+    url, log = server
+    photo = sorted((REPO.parent / "shared" / "data" / "galaxyzoo-decals-examples").rglob("*.jpg"))
+    if photo:
+        upload = photo[0]
+    else:  # no shared photos here: a bright round blob will do
+        yy, xx = np.mgrid[:64, :64]
+        blob = np.exp(-((xx - 32) ** 2 + (yy - 32) ** 2) / 60.0)[..., None] * np.array([255, 230, 200])
+        upload = tmp_path / "blob.png"
+        Image.fromarray(blob.astype(np.uint8)).save(upload)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1300})
+        try:
+            page.goto(f"{url}/?view=Find")
+            page.get_by_text("by image").click()
+            page.locator("[data-testid=stFileUploader] input[type=file]").set_input_files(str(upload))
+            page.get_by_text("similarity", exact=False).first.wait_for(timeout=60000)
+            # both spaces done: a "Most similar" summary each, then 8 cards with a similarity each
+            page.wait_for_function("() => [...document.querySelectorAll('[data-testid=stCaptionContainer]')]"
+                                   ".filter(e => e.textContent.startsWith('Most similar:')).length >= 2",
+                                   timeout=90000)
+            import re
+
+            cards = page.locator("[data-testid=stCaptionContainer]").filter(has_text="true:")
+            sims = cards.filter(has_text=re.compile(r"similarity -?\d\.\d{4}")).count()
+            assert sims >= 16, sims  # the 8 most similar galaxies, in the generic and in the finetuned space
+            content = page.content()
+            assert "full finetune" in content and "generic" in content and "Least similar" in content
+            assert "Traceback" not in content
+            page.screenshot(path=str(ARTIFACTS / "04-find-upload.png"), full_page=True)
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "failure-upload.png"))
             print(Path(log).read_text()[-3000:])
             raise
         finally:

@@ -18,13 +18,10 @@ TIGHT, LOOSE = "Unbarred Tight Spiral", "Unbarred Loose Spiral"
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    from tests.dashboard_fixtures import build_cache
-
-    cache = build_cache(tmp_path_factory.mktemp("app"), n=300)
+def cache(dashboard_cache):
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("EXPLORER_CACHE", str(cache))
-        yield cache
+        mp.setenv("EXPLORER_CACHE", str(dashboard_cache))
+        yield dashboard_cache
 
 
 def run_app(query: dict | None = None, state: dict | None = None) -> AppTest:
@@ -58,6 +55,39 @@ def legend(spec: dict) -> list[str]:
     return [t["name"] for t in spec["data"] if t.get("showlegend") is not False]
 
 
+def plotted_rows(trace: dict) -> list[int]:
+    """Dataset rows of a scattergl trace: the first customdata column, sent as a typed array."""
+    import base64
+
+    import numpy as np
+
+    custom = trace["customdata"]
+    shape = [int(n) for n in custom["shape"].split(",")]
+    return np.frombuffer(base64.b64decode(custom["bdata"]), custom["dtype"]).reshape(shape)[:, 0].astype(int).tolist()
+
+
+def gallery_ids(at: AppTest, columns: int) -> list[str]:
+    """Galaxy ids under a gallery's thumbnails in the order shown (left to right, then down).
+    Streamlit lists elements column by column; galaxy ``j`` sits in column ``j % columns``."""
+    ids = iter([c.value.split("**")[1] for c in at.caption if str(c.value).startswith("**")])
+    n = sum(1 for c in at.caption if str(c.value).startswith("**"))
+    shown = [""] * n
+    for col in range(columns):
+        for j in range(col, n, columns):
+            shown[j] = next(ids)
+    return shown
+
+
+def full_run_frame(cache):
+    """The demo:full features run of dataset "galaxies" as core wrote it (row, id, label, pred, confidence)."""
+    from core import cache as store
+
+    run = next(r for r in store.list_runs(cache) if r.get("model") == "demo:full")
+    frame = store.read_table(run["path"], columns=["row", "id", "label", "pred", "confidence"]).to_pandas()
+    frame.attrs["class_names"] = run["class_names"]
+    return frame
+
+
 def dataset_ref(cache, label: str = "galaxies") -> str:
     from core.cache import list_runs
     from dashboard.data import Catalog
@@ -87,6 +117,7 @@ def test_first_load_shows_the_full_finetune_tsne_map(cache):
     assert "Drag a box or a lasso" in texts(at)
 
 
+@pytest.mark.slow
 def test_mode_switch_generic_then_head(cache):
     at = run_app()
     at.radio(key="mode").set_value("generic")
@@ -100,6 +131,7 @@ def test_mode_switch_generic_then_head(cache):
     assert "head-only finetune" in texts(at) and "predicted class" in at.selectbox(key="colour").options
 
 
+@pytest.mark.slow
 def test_projection_switch_pca_and_uncached_umap(cache):
     at = run_app()
     at.radio(key="projection").set_value("pca")
@@ -110,6 +142,7 @@ def test_projection_switch_pca_and_uncached_umap(cache):
     assert "No UMAP map is cached for this run yet" in texts(at) and not charts(at)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("colour", ["predicted class", "correct / wrong", "confidence", "redshift", "pitch_angle"])
 def test_colour_by(cache, colour):
     at = run_app()
@@ -125,6 +158,7 @@ def test_colour_by(cache, colour):
         assert len(legend(spec)) == 10
 
 
+@pytest.mark.slow
 def test_class_highlight_keeps_the_rest_in_grey(cache):
     at = run_app()
     at.multiselect(key="highlight").select("Disturbed")
@@ -137,9 +171,14 @@ def test_map_selection_gallery_counts_csv_and_clear(cache):
     at = run_app()
     at.session_state["picked"] = {"dataset": dataset_ref(cache), "rows": list(range(40))}
     ok(at.run())
-    assert "Selected galaxies: 40" in texts(at)
-    assert at.get("download_button") and len(at.get("image")) >= 1
-    assert any(df.value["true"].sum() == 40 for df in at.dataframe)
+    assert "Selected galaxies: 40" in texts(at) and "First 24 of 40, most confident first" in texts(at)
+    picked = full_run_frame(cache).set_index("row").loc[range(40)]
+    expected = picked.sort_values("confidence", ascending=False, kind="stable")["id"].tolist()[:24]
+    assert at.get("download_button") and gallery_ids(at, columns=6) == expected
+    (counts,) = [df.value for df in at.dataframe if "true" in df.value.columns]
+    names = full_run_frame(cache).attrs["class_names"]
+    true_counts = {names[c]: n for c, n in picked["label"].value_counts().items()}
+    assert {c: n for c, n in counts["true"].items() if n} == true_counts
     assert legend(charts(at)[0])[-1] == "selected (40)"
     at.button(key="map-clear").click()
     ok(at.run())
@@ -173,11 +212,13 @@ def test_confusion_cell_from_the_controls(cache):
     assert any(t["name"].startswith("cell Merging → Merging") for t in charts(at)[0]["data"])
 
 
+@pytest.mark.slow
 def test_confusion_hidden_without_a_head(cache):
     at = view(run_app(query={"mode": "generic"}), "Confusion")
     assert "no classification head" in texts(at) and not charts(at)
 
 
+@pytest.mark.slow
 def test_compare_side_by_side_and_linked(cache):
     at = view(run_app(), "Compare")
     specs = charts(at)
@@ -188,6 +229,7 @@ def test_compare_side_by_side_and_linked(cache):
     assert all(s["data"][-1]["name"] == "selected (3)" for s in charts(at))  # ringed in both maps
 
 
+@pytest.mark.slow
 def test_neighbours_from_a_gallery_button_by_id_k_and_metric(cache):
     at = view(run_app(), "Neighbours")
     assert "Try one of these" in texts(at)
@@ -204,6 +246,7 @@ def test_neighbours_from_a_gallery_button_by_id_k_and_metric(cache):
     assert "No galaxy with id 'no-such-galaxy'" in texts(at)
 
 
+@pytest.mark.slow
 def test_gallery_neighbours_button_opens_the_neighbours_view(cache):
     at = view(run_app(query={"cell_true": "Round Smooth", "cell_pred": "Round Smooth"}), "Confusion")
     at.button(key="cell-nb-0").click()
@@ -211,6 +254,7 @@ def test_gallery_neighbours_button_opens_the_neighbours_view(cache):
     assert at.session_state["view"] == "Neighbours" and "neighbours share its class" in texts(at)
 
 
+@pytest.mark.slow
 def test_link_restores_the_view(cache):
     at = run_app(query={"mode": "head", "projection": "PCA", "highlight": ["Disturbed", "Merging"],
                         "cell_true": TIGHT, "cell_pred": LOOSE, "view": "Confusion", "colour": "confidence"})
@@ -223,6 +267,7 @@ def test_link_restores_the_view(cache):
     assert at.selectbox(key="dataset").value == "galaxies" and at.radio(key="mode").value == "full"
 
 
+@pytest.mark.slow
 def test_second_dataset_generic_only_with_placeholder_thumbnails(cache):
     at = run_app()
     at.selectbox(key="dataset").select("other-galaxies")
@@ -241,6 +286,7 @@ def test_empty_cache_explains_the_demo(tmp_path, monkeypatch):
     assert "python -m core demo" in texts(at) and "No cached runs" in texts(at)
 
 
+@pytest.mark.slow
 def test_cache_from_the_command_line(cache, monkeypatch):
     monkeypatch.delenv("EXPLORER_CACHE")
     monkeypatch.setattr(sys, "argv", ["app.py", "--cache", str(cache)])
@@ -268,9 +314,24 @@ def test_config_binds_localhost_with_xsrf_on():
 
     cfg = tomllib.loads((Path(APP).parents[1] / ".streamlit" / "config.toml").read_text())
     assert cfg["server"]["address"] == "127.0.0.1" and cfg["server"]["enableXsrfProtection"] is True
-    assert cfg["browser"]["gatherUsageStats"] is False and os.path.basename(APP) == "app.py"
+    assert cfg["browser"]["gatherUsageStats"] is False
+    # and Streamlit itself reads them from where `make serve` starts it (the repository root)
+    from streamlit import config
+
+    cwd = os.getcwd()
+    try:
+        os.chdir(Path(APP).parents[1])
+        config.get_config_options(force_reparse=True)
+        assert config.get_option("server.address") == "127.0.0.1"
+        assert config.get_option("server.enableXsrfProtection") is True
+        assert config.get_option("browser.gatherUsageStats") is False
+        assert config.get_option("client.showErrorDetails") == "none"  # a short message, never a traceback
+    finally:
+        os.chdir(cwd)
+        config.get_config_options(force_reparse=True)
 
 
+@pytest.mark.slow
 def test_real_photos_extracted_by_core(tmp_path, monkeypatch, checkpoints, examples_dir):
     """The contract end to end: features that `core` extracted from the 60 real DECaLS
     photos (a tiny random checkpoint without and one with a head), a map written per
@@ -287,7 +348,7 @@ def test_real_photos_extracted_by_core(tmp_path, monkeypatch, checkpoints, examp
     for mode, name in (("generic", "dinov2"), ("full", "dinov2-head")):
         path, prov, _ = extract(ref, f"dir:{checkpoints[name]}", mode=mode, cache=cache, progress=False,
                                 device="cpu", log=lambda *_: None)
-        runs[mode] = {**prov, "key": path.stem}
+        runs[mode] = {**prov, "key": path.stem, "path": path}
         table = store.read_table(path, columns=["row", "id", "embedding"])
         X = np.asarray(table.column("embedding").to_pylist(), np.float32)
         Xc = X - X.mean(0)
@@ -300,10 +361,21 @@ def test_real_photos_extracted_by_core(tmp_path, monkeypatch, checkpoints, examp
     monkeypatch.setenv("EXPLORER_CACHE", str(cache))
     at = run_app(query={"projection": "PCA"})
     assert at.radio(key="mode").options == ["generic", "full"] and "60 galaxies" in texts(at)
-    assert sum(len(t.get("customdata", {}).get("shape", "0,").split(",")) > 0 for t in charts(at)[0]["data"])
+    assert sorted(r for t in charts(at)[0]["data"] for r in plotted_rows(t)) == list(range(60))  # each photo once
+
+    # the fullest confusion cell, from the features core wrote (every photo is in the "test" split)
+    frame = store.read_table(runs["full"]["path"], columns=["id", "label", "pred", "confidence"]).to_pandas()
+    (true, pred), n = frame.groupby(["label", "pred"]).size().idxmax(), frame.groupby(["label", "pred"]).size().max()
+    cell = frame[(frame["label"] == true) & (frame["pred"] == pred)].sort_values("confidence", ascending=False,
+                                                                                kind="stable")
+    names = runs["full"]["class_names"]
     at = view(at, "Confusion")
-    at.selectbox(key="cell_true").select("Disturbed")
-    at.selectbox(key="cell_pred").select(at.selectbox(key="cell_pred").options[1])
+    at.selectbox(key="cell_true").select(names[true])
+    at.selectbox(key="cell_pred").select(names[pred])
+    ok(at.run())
+    assert f"{n} galaxies of class {names[true]} predicted as {names[pred]}" in texts(at)
+    assert gallery_ids(at, columns=8) == cell["id"].tolist()[:24]  # the cell's galaxies, most confident first
+    assert charts(at)[1]["data"][-1]["name"] == f"cell {names[true]} → {names[pred]} ({n})"  # ringed on the map
     at = view(at, "Neighbours")
     at.button(key="suggest-nb-0").click()
     ok(at.run())
@@ -311,41 +383,30 @@ def test_real_photos_extracted_by_core(tmp_path, monkeypatch, checkpoints, examp
     assert len(at.get("image")) >= 9  # the galaxy and its 8 neighbours, from the real photos
 
 
-def test_uncached_map_is_computed_through_core_with_a_progress_bar(cache, monkeypatch):
-    """When core.mapstore is importable, an uncached map has a Compute button that asks
-    it for the projection (faked here: the projections work lands separately)."""
-    import types
-
-    import numpy as np
-    import pyarrow as pa
-
+def test_uncached_map_is_computed_and_cached_by_core(cache):
+    """An uncached map has a Compute button; core.mapstore computes it (aligned to the
+    generic run's map), caches it where `ls` lists it, and the page draws it."""
     from core import cache as store
 
-    calls = []
+    def pca_maps():
+        return [r for r in store.list_runs(cache) if r["kind"] == "projection" and r["method"] == "pca"]
 
-    def get_projection(features_key, method, cache=None, params=None, align_to=None, progress=True):
-        calls.append((features_key, method, align_to))
-        run = next(r for r in store.list_runs(cache) if r["key"] == features_key)
-        n = run["rows"]
-        prov = {"kind": "projection", "features_run": features_key, "method": method, "params": {},
-                "aligned_to": align_to, "rows": n, "quality": {"trustworthiness": 0.61}}
-        table = pa.table({"row": pa.array(np.arange(n), pa.int64()), "id": pa.array([f"gal{i:06d}" for i in range(n)]),
-                          "x": pa.array(np.arange(n, dtype=np.float32)), "y": pa.array(np.zeros(n, np.float32))})
-        store.write_parquet(store.path_for(cache, "projections", store.key_of("umap", features_key)), table, prov)
-        return table.to_pandas(), prov
-
-    import core
-
-    fake = types.SimpleNamespace(get_projection=get_projection)
-    monkeypatch.setitem(sys.modules, "core.mapstore", fake)
-    monkeypatch.setattr(core, "mapstore", fake, raising=False)  # `from core import mapstore` reads this first
-    at = run_app(query={"projection": "UMAP"})
-    assert "No UMAP map is cached" in texts(at)
+    head, generic = (next(r for r in store.list_runs(cache) if r.get("model") == f"demo:{m}" and
+                          r["dataset"] == dataset_ref(cache)) for m in ("head", "generic"))
+    before = {r["key"] for r in pca_maps()}
+    at = run_app(query={"mode": "head", "projection": "PCA"})
+    assert "No PCA map is cached" in texts(at) and not charts(at)
     at.button(key="compute-map").click()
     ok(at.run())
-    assert len(calls) == 1 and calls[0][1] == "umap" and calls[0][2] is not None  # aligned to the generic run
-    assert len(charts(at)) == 1 and "UMAP map quality" in texts(at)
-    assert any(m.label == "trustworthiness" and m.value == "0.61" for m in at.metric)
-    for p in (cache / "projections").glob("*.parquet"):  # leave the shared fixture as it was
-        if (store.provenance(p) or {}).get("method") == "umap":
-            p.unlink()
+    try:
+        (new,) = [r for r in pca_maps() if r["key"] not in before]
+        assert new["features_run"] == head["key"] and new["aligned_to"] == generic["key"]
+        assert "PCA map quality" in texts(at) and "No PCA map is cached" not in texts(at)
+        trust = f"{new['quality']['trustworthiness']:.2f}"
+        assert any(m.label == "trustworthiness" and m.value == trust for m in at.metric)
+        (spec,) = charts(at)
+        assert sorted(r for t in spec["data"] for r in plotted_rows(t)) == list(range(head["rows"]))
+    finally:  # leave the shared fixture as it was
+        for r in pca_maps():
+            if r["key"] not in before:
+                Path(r["path"]).unlink()

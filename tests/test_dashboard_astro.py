@@ -38,8 +38,10 @@ def sky_cache(tmp_path_factory, checkpoints):
     _, generic, _ = extract(f"h5:{h5}", f"dir:{checkpoints['dinov2']}", mode="generic", **quiet)
     _, full, _ = extract(f"h5:{h5}", f"dir:{checkpoints['dinov2-head']}", mode="full", **quiet)
     extract("synthetic:galaxy10?n=40&size=32", f"dir:{checkpoints['dinov2']}", mode="generic", **quiet)
-    runs = {r["mode"] + ("-synthetic" if r["dataset"].startswith("synthetic") else ""): r
+    extract(f"h5:{h5}", f"dir:{checkpoints['vit']}", mode="generic", **quiet)  # another encoder, same galaxies
+    runs = {r["mode"] + ("-synthetic" if r["dataset"].startswith("synthetic") else "") + f"-{r['family']}": r
             for r in __import__("core.cache", fromlist=["x"]).list_runs(cache) if r["kind"] == "features"}
+    runs = {k.replace("-dinov2", ""): v for k, v in runs.items()}
     for key in ("generic", "generic-synthetic"):
         mapstore.get_projection(runs[key]["key"], "tsne", cache=cache, progress=False)
     mapstore.get_projection(runs["full"]["key"], "tsne", cache=cache, align_to=runs["generic"]["key"], progress=False)
@@ -50,7 +52,7 @@ def sky_cache(tmp_path_factory, checkpoints):
 
 def app(query=None, state=None) -> AppTest:
     at = AppTest.from_file(APP, default_timeout=120)
-    for k, v in (query or {}).items():
+    for k, v in {"model": "DINOv2 · hidden 32", **(query or {})}.items():  # the ViT run is a second model
         at.query_params[k] = v
     for k, v in (state or {}).items():
         at.session_state[k] = v
@@ -88,6 +90,7 @@ def test_hover_shows_degrees_sexagesimal_and_redshift(sky_cache):
     assert np.allclose(np.asarray(custom)[i][2:5], [RA7, DEC7, Z7], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_cards_show_position_redshift_and_links_with_the_chosen_layer(sky_cache):
     at = app(state={"view": "Neighbours", "galaxy": "g10-00007"})
     text = captions(at)
@@ -95,6 +98,8 @@ def test_cards_show_position_redshift_and_links_with_the_chosen_layer(sky_cache)
     assert "[Legacy Surveys](https://www.legacysurvey.org/viewer?ra=150.11960&dec=2.20580&layer=ls-dr10&zoom=14)" in text
     assert "https://simbad.cds.unistra.fr/simbad/sim-coo?Coord=150.11960+%2B2.20580" in text
     assert text.count("RA ") >= 9  # the galaxy and its neighbours in each space all carry positions
+    md = "\n".join(str(m.value) for m in at.markdown)  # three spaces on one screen: DINOv2 generic, full, ViT
+    assert "**generic** · DINOv2" in md and "**full finetune** · DINOv2" in md and "**generic** · ViT" in md
     at.selectbox(key="survey_layer").set_value("ls-dr9")
     text = captions(ok(at.run()))
     assert "layer=ls-dr9" in text and "layer=ls-dr10&" not in text
@@ -102,6 +107,7 @@ def test_cards_show_position_redshift_and_links_with_the_chosen_layer(sky_cache)
     assert "layer=ls-dr9" in captions(shared)  # the layer travels in a shared link
 
 
+@pytest.mark.slow
 def test_selection_csv_carries_ra_dec_redshift_and_link(sky_cache):
     import pandas as pd
 
@@ -116,6 +122,7 @@ def test_selection_csv_carries_ra_dec_redshift_and_link(sky_cache):
     assert row["legacy_survey_url"].endswith("ra=150.11960&dec=2.20580&layer=ls-dr9&zoom=14")
 
 
+@pytest.mark.slow
 def test_find_by_id_and_by_position_with_separation_and_warning(sky_cache):
     at = app(state={"view": "Find", "find_by": "id", "find_id": "00007"})
     assert "**g10-00007**" in captions(at)
@@ -131,21 +138,24 @@ def test_find_by_id_and_by_position_with_separation_and_warning(sky_cache):
     assert not at.exception and [e.value for e in at.error] == ["Dec 95 is outside [-90, 90] degrees"]
 
 
+@pytest.mark.slow
 def test_upload_finds_the_same_galaxy_in_both_spaces(sky_cache):
     at = app(state={"view": "Find", "find_by": "image"})
     at.file_uploader(key="find_upload").set_value(("mine.png", png(sky_cache["images"][7]), "image/png"))
     at = ok(at.run())
     md = texts(at)
-    assert "**generic**" in md and "**full finetune**" in md
+    assert "**generic** · DINOv2" in md and "**full finetune** · DINOv2" in md and "**generic** · ViT" in md
     first_cards = [c.value for c in at.caption if "similarity" in str(c.value) and "**g10-" in str(c.value)]
-    assert len(first_cards) >= 2
-    assert sum("**g10-00007**" in c and "**similarity 1.000**" in c for c in first_cards) == 2  # itself, first, twice
+    assert len(first_cards) >= 3
+    # itself, with similarity 1, in each of the three spaces (DINOv2 generic, full, and ViT on one screen)
+    assert sum("**g10-00007**" in c and "**similarity 1.0000**" in c for c in first_cards) == 3
     assert any("Least similar" in e.label for e in at.expander)
     at.file_uploader(key="find_upload").set_value(("broken.png", b"not an image", "image/png"))
     at.run()
     assert not at.exception and at.error and "not an image this app can read" in at.error[0].value
 
 
+@pytest.mark.slow
 def test_unusual_gallery_ranks_by_score_and_colour_by_score(sky_cache):
     from core import anomaly
 
@@ -169,6 +179,7 @@ def test_unusual_gallery_ranks_by_score_and_colour_by_score(sky_cache):
     assert any(t.get("marker", {}).get("showscale") for t in spec["data"])
 
 
+@pytest.mark.slow
 def test_no_positions_means_no_sky_features(sky_cache):
     at = app(query={"dataset": "galaxy10 (synthetic)"}, state={"view": "Find", "find_by": "position"})
     assert "has no sky positions" in texts(at)

@@ -16,10 +16,8 @@ from dashboard.thumbs import placeholder_png, thumbnail_png
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    from tests.dashboard_fixtures import build_cache
-
-    return build_cache(tmp_path_factory.mktemp("data"), n=300)
+def cache(dashboard_cache):
+    return dashboard_cache
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from core import cache as store
-from tests.conftest import REPO
+from tests.conftest import REPO, subprocess_timeout
 
 
 def _results(cache):
@@ -58,7 +58,7 @@ def test_demo_builds_everything_the_dashboard_needs(demo_cache):
 def test_second_demo_run_is_a_cache_hit(demo_cache):
     before = {p: p.stat().st_mtime_ns for p in demo_cache["cache"].rglob("*") if p.is_file()}
     r = subprocess.run([sys.executable, "-m", "core", "demo", "--cache", str(demo_cache["cache"])], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=subprocess_timeout())
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("cached") >= 8 and "images in" not in r.stdout
     after = {p: p.stat().st_mtime_ns for p in demo_cache["cache"].rglob("*") if p.is_file()}

@@ -91,6 +91,7 @@ def _extract(tmp_path, examples_dir, path, pooling="auto"):
     return run, pq.read_table(run["path"]).to_pandas()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family,mean_pooling", [("dinov2", True), ("vit", True), ("beit", True),
                                                  ("beit", False), ("swinv2", True)])
 def test_features_are_what_the_family_classifier_reads(tmp_path, examples_dir, family, mean_pooling):
@@ -116,6 +117,7 @@ def test_features_are_what_the_family_classifier_reads(tmp_path, examples_dir, f
         assert np.median(centred_cosine(np.stack(t["embedding"].to_numpy()), head_in[:, :32])) >= 0.99
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["dinov2", "vit", "beit", "swinv2"])
 def test_pixels_are_the_processor_pixels_resampled_once(tmp_path, examples_dir, family):
     """At the hub processors' real sizes, the pixel values `extract` feeds the model

@@ -88,6 +88,7 @@ def _check_saved(out, ds, mode, head):
     return ck, log
 
 
+@pytest.mark.slow
 def test_head_only_linear_dinov2_is_a_standard_classifier(data, ckpts, tmp_path):
     before = load_checkpoint(f"dir:{ckpts['dinov2']}").model.state_dict()
     out = ft.finetune(data, f"dir:{ckpts['dinov2']}", "head", "linear", epochs=6, lr=1e-2, batch_size=16,
@@ -100,6 +101,7 @@ def test_head_only_linear_dinov2_is_a_standard_classifier(data, ckpts, tmp_path)
     assert log["history"][-1]["val_macro_f1"] > 0.8
 
 
+@pytest.mark.slow
 def test_full_linear_vit_trains_the_backbone(data, ckpts, tmp_path):
     before = load_checkpoint(f"dir:{ckpts['vit']}").model.state_dict()
     out = ft.finetune(data, f"dir:{ckpts['vit']}", "full", "linear", epochs=4, lr=1e-3, batch_size=16,
@@ -110,6 +112,7 @@ def test_full_linear_vit_trains_the_backbone(data, ckpts, tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode,head,family", [("head", "mlp2", "vit"), ("full", "mlp1", "dinov2")])
 def test_mlp_heads_round_trip(data, ckpts, tmp_path, mode, head, family):
     out = ft.finetune(data, f"dir:{ckpts[family]}", mode, head, epochs=4, lr=3e-3, batch_size=16, hidden=24,
@@ -122,6 +125,7 @@ def test_mlp_heads_round_trip(data, ckpts, tmp_path, mode, head, family):
     assert cfg["explorer_head"] == {"type": head, "in_dim": in_dim, "hidden": 24, "num_labels": 2, "pooling": pooling}
 
 
+@pytest.mark.slow
 def test_a_failed_finetune_leaves_no_checkpoint(data, ckpts, tmp_path, monkeypatch):
     calls = []
 
@@ -193,6 +197,7 @@ def _folder(root, n=24):
     return f"folder:{root}?image_size=32"
 
 
+@pytest.mark.slow
 def test_finetune_extract_evaluate(tmp_path, ckpts, capsys):
     """The CLI chain a user runs: finetune head-only and full, extract, evaluate -> ΔF1 row."""
     src = _folder(tmp_path)
@@ -216,6 +221,7 @@ def test_finetune_extract_evaluate(tmp_path, ckpts, capsys):
     assert "not a checkpoint folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("mode,head", [("full", "linear"), ("head", "mlp1")])
 def test_finetune_on_gpu_bf16(data, ckpts, tmp_path, mode, head):

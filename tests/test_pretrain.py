@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from core.data.base import Dataset
 from core.pretrain import pretrain, random_crops
-from tests.conftest import REPO
+from tests.conftest import REPO, subprocess_timeout
 
 TINY = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
             layerscale_value=1.0)
@@ -51,6 +51,7 @@ def _weights(path):
     return load_file(path / "model.safetensors")
 
 
+@pytest.mark.slow
 def test_pretrain_writes_a_standard_checkpoint_that_loads_through_dir(tmp_path):
     from core.models import load_checkpoint
 
@@ -76,6 +77,7 @@ def test_pretrain_writes_a_standard_checkpoint_that_loads_through_dir(tmp_path):
     assert any(not torch.equal(v, fresh[k]) for k, v in _weights(out).items() if k in fresh)
 
 
+@pytest.mark.slow
 def test_labels_are_never_read(tmp_path):
     """Same seed, shuffled labels (and none at all) -> byte-identical weights."""
     labels = np.arange(24) % 2
@@ -87,6 +89,7 @@ def test_labels_are_never_read(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) and torch.equal(wa[k], wc[k]) for k in wa)
 
 
+@pytest.mark.slow
 def test_a_killed_run_leaves_no_checkpoint_and_resumes_from_its_last_epoch(tmp_path, monkeypatch):
     import core.pretrain as P
 
@@ -112,6 +115,7 @@ def test_a_killed_run_leaves_no_checkpoint_and_resumes_from_its_last_epoch(tmp_p
     assert all(torch.allclose(wf[k], wr[k], atol=1e-5) for k in wf)  # as if never interrupted
 
 
+@pytest.mark.slow
 def test_continues_pretraining_a_checkpoint(tmp_path):
     first = pretrain(_dataset(), tmp_path / "first", config=TINY, progress=False, log=lambda *_: None, **FAST)
     said = []
@@ -133,13 +137,14 @@ def test_crops_keep_colour_and_stay_in_range():
     assert ratio < 0.35  # red stays faint: no hue shift
 
 
+@pytest.mark.slow
 def test_cli_errors_are_one_line(tmp_path):
     from tests.checkpoint_fixtures import make_checkpoint
 
     vit = make_checkpoint(tmp_path, "vit")
     def run(*args):
         return subprocess.run([sys.executable, "-m", "core", "pretrain", *args], cwd=REPO, capture_output=True,
-                              text=True, timeout=120)
+                              text=True, timeout=subprocess_timeout())
 
     r = run("--dataset", "synthetic:galaxy10?n=20&size=32", "--config", "huge", "--out", str(tmp_path / "x"),
             "--batch-size", "4")

@@ -45,6 +45,7 @@ def umap_map(data):
 # ---------------------------------------------------------------- functions
 
 
+@pytest.mark.slow
 def test_shapes_and_dtype(data, tsne_map, umap_map):
     X, labels = data
     for Y in (tsne_map.embedding, umap_map.embedding, proj.pca(X)):
@@ -54,6 +55,7 @@ def test_shapes_and_dtype(data, tsne_map, umap_map):
     assert proj.tsne(X[:100], perplexity=10).shape == (100, 2)
 
 
+@pytest.mark.slow
 def test_seeded_and_reproducible(data, tsne_map, umap_map):
     X, _ = data
     assert np.array_equal(proj.tsne(X), tsne_map.embedding)
@@ -107,6 +109,7 @@ def test_aligned_tsne_keeps_galaxies_in_place(data, tsne_map):
     assert corr(fine[:, 0], generic[:, 0]) > 0.8 and corr(fine[:, 1], generic[:, 1]) > 0.8
 
 
+@pytest.mark.slow
 def test_aligned_umap_and_pca(data):
     # UMAP's optimiser moves whole clusters early on: alignment holds from a few
     # hundred points per cluster (r = 0.88 / 0.92 here; one axis fails at 300 points)
@@ -121,6 +124,7 @@ def test_aligned_umap_and_pca(data):
     assert np.allclose(proj.pca(X_fine, init=flipped), flipped, atol=0.1 * flipped.std())
 
 
+@pytest.mark.slow
 def test_transform_places_new_points_with_their_class(data):
     X, labels = data
     X_new, labels_new = blobs(60, d=32, n_classes=4, seed=0)  # same centres, fresh points
@@ -138,6 +142,7 @@ def test_transform_places_new_points_with_their_class(data):
         m.transform(X_new[:, :5])
 
 
+@pytest.mark.slow
 def test_maps_read_back_place_points_like_the_fitted_ones(data, tsne_map):
     X, labels = data
     X_new, labels_new = blobs(60, d=32, n_classes=4, seed=0)
@@ -241,6 +246,7 @@ def test_cache_hit_does_not_recompute(cache, monkeypatch):
     assert mapstore.cached_projection(generic, "pca", root, params={"seed": 1}) is None
 
 
+@pytest.mark.slow
 def test_new_galaxies_placed_into_a_cached_map(cache, data):
     root, generic, _ = cache
     X_new, labels_new = blobs(60, d=32, n_classes=4, seed=0)
@@ -302,6 +308,7 @@ def test_corrupt_cache_entry_is_recomputed(cache):
     assert len(df) == N
 
 
+@pytest.mark.slow
 def test_aligned_map_through_the_cache(cache):
     root, generic, fine = cache
     df, prov = mapstore.get_projection(fine, "tsne", root, align_to=generic, progress=False)

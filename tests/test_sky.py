@@ -119,12 +119,33 @@ def test_h5_coordinates_are_validated(tmp_path):
         open_dataset(f"h5:{p}")
 
 
+@pytest.mark.slow
 def test_cli_error_for_bad_coordinates_is_one_line(tmp_path):
     import subprocess
     import sys
 
+    from tests.conftest import subprocess_timeout
+
     d = _folder(tmp_path, {"ra": [10.0, 2.5, 6.28], "dec": [1.0, 2.0, 3.0]})
     r = subprocess.run([sys.executable, "-m", "core", "extract", "--dataset", f"folder:{d}?ra=x&dec=y",
-                        "--model", "dir:/nowhere", "--cache", str(tmp_path / "c")], capture_output=True, text=True)
+                        "--model", "dir:/nowhere", "--cache", str(tmp_path / "c")], capture_output=True, text=True,
+                       timeout=subprocess_timeout())
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0 and "coordinate column(s) x, y not found" in r.stderr
+
+
+def test_hf_source_maps_named_coordinate_columns(tmp_path):
+    import datasets
+
+    rng = np.random.default_rng(2)
+    imgs = [Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)) for _ in range(4)]
+    datasets.Dataset.from_dict({"image": imgs, "label": [0, 1, 2, 3], "RA": [1.0, 2.0, 3.0, 4.0],
+                                "DEC": [-1.0, -2.0, -3.0, -4.0]},
+                               features=datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64"),
+                                                           "RA": datasets.Value("float64"),
+                                                           "DEC": datasets.Value("float64")})
+                               ).save_to_disk(tmp_path / "cat")
+    ds = open_dataset(f"hf:{tmp_path / 'cat'}?ra=RA&dec=DEC")
+    assert list(ds.metadata["ra"]) == [1.0, 2.0, 3.0, 4.0] and list(ds.metadata["dec"]) == [-1.0, -2.0, -3.0, -4.0]
+    with pytest.raises(SourceError, match="RA_J2000"):
+        open_dataset(f"hf:{tmp_path / 'cat'}?ra=RA_J2000&dec=DEC")

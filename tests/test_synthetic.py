@@ -133,6 +133,7 @@ def test_options_may_also_be_given_as_python_values():
     assert len(ds) == 20 and ds.image_size == 32
 
 
+@pytest.mark.slow
 def test_parameters_separate_the_classes_they_should_and_overlap_where_intended():
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score

@@ -10,7 +10,7 @@ import torch
 from core.data.base import SourceError
 from core.models import load_checkpoint, resolve
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+from tests.conftest import REPO, subprocess_timeout
 
 
 def _timm():
@@ -82,6 +82,7 @@ def test_poolings(timm_models):
         conv.forward(conv.preprocess(torch.from_numpy(_images(1))), "cls")
 
 
+@pytest.mark.slow
 def test_extract_through_the_cli_with_a_timm_encoder(timm_models, tmp_path):
     from tests.test_sources import write_galaxy10_h5
 
@@ -89,7 +90,7 @@ def test_extract_through_the_cli_with_a_timm_encoder(timm_models, tmp_path):
     path, model = timm_models["convnext"]
     cmd = [sys.executable, "-m", "core", "extract", "--dataset", f"h5:{h5}", "--model", f"timm:{path}",
            "--cache", str(tmp_path / "c")]
-    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=subprocess_timeout())
     assert r.returncode == 0, r.stderr[-2000:]
     from core import cache as store
 
@@ -99,11 +100,12 @@ def test_extract_through_the_cli_with_a_timm_encoder(timm_models, tmp_path):
     assert run["family"] == "convnext_nano" and run["dim"] == model.num_features and run["mode"] == "generic"
     assert run["pooling"] == "pooler" and not run["has_head"] and run["model"] == f"timm:{path}"
     assert "pred" not in store.read_table(run["path"]).column_names
-    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=subprocess_timeout())
     assert "cache hit" in again.stdout
     assert load_checkpoint(f"dir:{path}").family == "convnext_nano"  # dir: of a timm folder works too
 
 
+@pytest.mark.slow
 def test_reference_errors_say_what_to_write(tmp_path):
     with pytest.raises(SourceError, match="timm:hf_hub:OWNER/NAME"):
         resolve("timm:convnext_nano")
@@ -114,5 +116,5 @@ def test_reference_errors_say_what_to_write(tmp_path):
         resolve(f"timm:{tmp_path}")
     r = subprocess.run([sys.executable, "-m", "core", "extract", "--dataset", "synthetic:galaxy10?n=20",
                         "--model", "timm:nowhere", "--cache", str(tmp_path / "c")], cwd=REPO, capture_output=True,
-                       text=True, timeout=120)
+                       text=True, timeout=subprocess_timeout())
     assert r.returncode == 2 and "Traceback" not in r.stderr and "timm:hf_hub:OWNER/NAME" in r.stderr

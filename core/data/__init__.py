@@ -9,6 +9,8 @@ A reference is an explicit string, never guessed:
 ``hf:OWNER/NAME``       a Hugging Face dataset by hub id (needs network or HF cache)
 ``hf:LOCAL_DIR``        a ``save_to_disk`` folder or a folder of parquet files
 ``folder:DIR``          images listed in ``DIR/labels.csv`` (``file,label[,...]``)
+``parquet:PATH``        a catalogue: a parquet file or folder with an image column (paths or
+                        bytes) plus label/metadata columns, streamed (see ``catalogue.py``)
 ``fits:DIR``            multi-band FITS cutouts (g, r, z) turned into RGB (see ``fits.py``)
 =====================  ==========================================================
 """
@@ -19,7 +21,7 @@ from urllib.parse import parse_qsl
 
 from .base import GALAXY10_CLASSES, Dataset, SourceError  # noqa: F401
 
-PREFIXES = ("synthetic", "h5", "hf", "folder", "fits")
+PREFIXES = ("synthetic", "h5", "hf", "folder", "fits", "parquet")
 
 
 def split_ref(ref: str, kinds=PREFIXES, what: str = "dataset") -> tuple[str, str, dict]:
@@ -49,10 +51,25 @@ def normalize_ref(ref: str) -> str:
     data gets the same name whatever folder a command ran from."""
     prefix, body, _ = split_ref(ref, kinds=PREFIXES + ("dir", "demo", "timm"), what="reference")
     query = ref.split("?", 1)[1] if "?" in ref else ""
-    local = prefix in ("h5", "folder", "dir", "fits") or (prefix in ("hf", "timm") and Path(body).expanduser().exists())
+    local = prefix in ("h5", "folder", "dir", "fits", "parquet") or (prefix in ("hf", "timm") and Path(body).expanduser().exists())
     if local:
         body = str(Path(body).expanduser().resolve())
     return f"{prefix}:{body}" + (f"?{query}" if query else "")
+
+
+def canonical_ref(ref: str) -> str:
+    """The spelling the cache records for a dataset or checkpoint reference, so a
+    lookup matches however the user wrote it: `normalize_ref`, and for
+    ``synthetic:`` every option with its value (defaults filled in, as the opened
+    Dataset's ``source``): ``synthetic:galaxy10`` ->
+    ``synthetic:galaxy10?n=3000&size=64&seed=42&balance=galaxy10&test_fraction=0.2``."""
+    ref = normalize_ref(ref)
+    prefix, body, options = split_ref(ref, kinds=PREFIXES + ("dir", "demo", "timm"), what="reference")
+    if prefix == "synthetic" and body == "galaxy10":
+        from .synthetic import source_ref
+
+        return source_ref(options)
+    return ref
 
 
 def open_dataset(ref: str, **kwargs) -> Dataset:
@@ -72,6 +89,10 @@ def open_dataset(ref: str, **kwargs) -> Dataset:
         from .hf import open_hf
 
         return open_hf(ref, body, **options)
+    if prefix == "parquet":
+        from .catalogue import open_catalogue
+
+        return open_catalogue(ref, Path(body).expanduser(), **options)
     if prefix == "fits":
         from .fits import open_fits
 

@@ -24,6 +24,9 @@ class H5Dataset(Dataset):
     _file = None
     batches_are_originals = True  # every image is stored at image_size: batches need no resampling
 
+    def __getstate__(self):  # Ray ships the dataset to its actors; each opens its own handle
+        return {k: v for k, v in self.__dict__.items() if k != "_file"}
+
     def _images(self):
         # One handle per process, opened lazily (h5py handles do not survive fork/pickle).
         if self._file is None:
@@ -57,7 +60,8 @@ class H5Dataset(Dataset):
         return self._images()[int(i)]
 
 
-def open_h5(ref: str, path: Path, seed: int | str = 42, test_fraction: float | str = 0.2, **_):
+def open_h5(ref: str, path: Path, seed: int | str = 42, test_fraction: float | str = 0.2,
+            split_from: str | None = None, **_):
     path = Path(path)
     if not path.is_file():
         raise SourceError(f"{path} not found: h5: needs the Galaxy10_DECals.h5 file (or one in its layout)")
@@ -95,4 +99,10 @@ def open_h5(ref: str, path: Path, seed: int | str = 42, test_fraction: float | s
         content_key=f"h5:{h.hexdigest()}:seed={seed}:test={test_fraction}",
     )
     ds.path = path
+    if split_from:  # the paper's split: ?split_from=hf:matthieulel/galaxy10_decals (core/data/paper_split.py)
+        from . import open_dataset
+        from .paper_split import matched_splits
+
+        ds.splits = matched_splits(ds, open_dataset(split_from))
+        ds.content_key += f":split_from={split_from}"
     return ds

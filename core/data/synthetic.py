@@ -569,15 +569,22 @@ class SyntheticDataset(Dataset):
         return np.stack([render_galaxy(int(self.labels[i]), self.seed, int(i), s) for i in rows])
 
 
+def source_ref(options: dict) -> str:
+    """The canonical reference of these options: every option, defaults filled in."""
+    o = _validate(options)
+    return "synthetic:galaxy10?" + "&".join(f"{k}={o[k]}" for k in DEFAULTS)
+
+
 def open_synthetic(ref: str, body: str, **options) -> SyntheticDataset:
     """Open ``synthetic:galaxy10?n=..&size=..&seed=..&balance=..&test_fraction=..``."""
     if body != "galaxy10":
         raise SourceError(f"unknown synthetic dataset {body!r} in {ref!r}: the only one is synthetic:galaxy10")
     o = _validate(options)
     labels = draw_labels(o["n"], o["seed"], o["balance"])
-    query = "&".join(f"{k}={o[k]}" for k in DEFAULTS)
+    source = source_ref(o)
+    query = source.split("?", 1)[1]
     return SyntheticDataset(
-        source=f"synthetic:galaxy10?{query}",
+        source=source,
         class_names=list(GALAXY10_CLASSES),
         ids=np.array([f"syn-{i:06d}" for i in range(o["n"])]),
         labels=labels,

@@ -99,10 +99,7 @@ def by_image(ctx: Context) -> None:
     content = upload.getvalue()
     digest = content_hash(content)
     k = st.slider("How many", 4, 16, 8, key="find_k")
-    runs = []
-    for run in (ctx.catalog.counterpart(ctx.run, "generic"), ctx.catalog.finetuned_for(ctx.run)):
-        if run is not None and run not in runs:
-            runs.append(run)
+    runs = encoder_runs(ctx)
     from core.lookup import read_image
 
     try:
@@ -115,8 +112,22 @@ def by_image(ctx: Context) -> None:
             similar_to_upload(ctx, run, content, upload.name, digest, k)
 
 
+def encoder_runs(ctx: Context, most: int = 4) -> list[dict]:
+    """The feature spaces to compare side by side: the selected model generic and finetuned,
+    then every other model with features of this dataset (e.g. a timm: galaxy-native encoder)."""
+    runs = []
+    for run in (ctx.catalog.counterpart(ctx.run, "generic"), ctx.catalog.finetuned_for(ctx.run)):
+        if run is not None and run not in runs:
+            runs.append(run)
+    for model in ctx.catalog.models(ctx.dataset):
+        if model != D.model_label(ctx.run):
+            others = ctx.catalog.runs(ctx.dataset, model)
+            runs.append(next((r for r in others if D.run_mode(r) == "full"), others[0]))
+    return runs[:most]
+
+
 def similar_to_upload(ctx: Context, run: dict, content: bytes, name: str, digest: str, k: int) -> None:
-    st.markdown(f"**{ctx.label(run)}** · `{run.get('model')}`")
+    st.markdown(f"**{ctx.label(run)}** · {D.model_label(run)} · `{run.get('model')}`")
     try:
         q, probs = upload_features(digest, run["model"], run.get("pooling") or "auto",
                                    int(run.get("dataset_image_size") or 0), str(ctx.cache), content, name)
@@ -137,9 +148,9 @@ def similar_to_upload(ctx: Context, run: dict, content: bytes, name: str, digest
     labels = data.frame["true"].to_numpy()
     st.caption(f"Most similar: {pd.Series(labels[top]).value_counts().idxmax()} "
                f"({(labels[top] == pd.Series(labels[top]).value_counts().idxmax()).sum()} of {len(top)}); "
-               f"cosine similarity {sim[top].min():.3f}–{sim[top].max():.3f}.")
+               f"cosine similarity {sim[top].min():.4f}–{sim[top].max():.4f}.")
     gallery(ctx, top, key=f"up-top-{run['key']}", data=data, columns=4, limit=k,
-            notes=[f"**similarity {sim[p]:.3f}**" for p in top])
+            notes=[f"**similarity {sim[p]:.4f}**" for p in top])
     with st.expander(f"Least similar ({k})"):
         gallery(ctx, bottom, key=f"up-bottom-{run['key']}", data=data, columns=4, limit=k,
-                notes=[f"similarity {sim[p]:.3f}" for p in bottom], neighbours_button=False)
+                notes=[f"similarity {sim[p]:.4f}" for p in bottom], neighbours_button=False)

@@ -132,7 +132,7 @@ SECONDS_PER_1000 = {"tsne": 3.5, "umap": 2.0, "pca": 0.05}
 
 def compute_projection(ctx: Context, name: str) -> bool:
     """Ask core for the map, with a progress bar against a rough time estimate. True when done."""
-    from core import mapstore  # imported by the caller's check already
+    from core import mapstore
 
     generic = ctx.catalog.counterpart(ctx.run, "generic")
     align = generic["key"] if generic and generic is not ctx.run else None
@@ -169,11 +169,6 @@ def missing_projection(ctx: Context) -> None:
     cached = [D.METHODS[m] for m in ctx.catalog.projection_methods(ctx.run["key"])]
     st.info(f"No {name} map is cached for this run yet."
             + (f" Cached: {', '.join(cached)}." if cached else ""))
-    try:
-        from core import mapstore  # noqa: F401  (lands with the projections work; optional here)
-    except ImportError:
-        st.caption(f"Build it with `python -m core project` for features run `{ctx.run['key']}`.")
-        return
     if st.button(f"Compute the {name} map now", key="compute-map", type="primary"):
         if compute_projection(ctx, name):
             st.rerun()

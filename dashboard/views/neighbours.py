@@ -6,6 +6,7 @@ import numpy as np
 import streamlit as st
 
 from .. import data as D
+from .attention import attention_panel
 from .common import Context, embeddings, gallery, run_data
 
 
@@ -39,11 +40,11 @@ def neighbours_view(ctx: Context) -> None:
     row = int(ctx.data.frame["row"].iloc[hits[0]])
     st.markdown("**The galaxy**")
     gallery(ctx, hits[:1], key="focus", neighbours_button=False)
+    attention_panel(ctx, row, key="nb-att")
 
-    runs = []
-    for run in (ctx.catalog.counterpart(ctx.run, "generic"), ctx.catalog.finetuned_for(ctx.run)):
-        if run is not None and run not in runs:
-            runs.append(run)
+    from .find import encoder_runs
+
+    runs = encoder_runs(ctx)  # generic, finetuned, then other encoders of these galaxies (e.g. timm:)
     cols = st.columns(len(runs))
     for col, run in zip(cols, runs):
         with col:
@@ -56,7 +57,7 @@ def neighbours_view(ctx: Context) -> None:
             idx, dist = D.knn_neighbours(X, int(pos[0]), k, metric, norms=norms)
             labels = data.frame["label"].to_numpy()
             same = int((labels[idx] == labels[pos[0]]).sum())
-            st.markdown(f"**{ctx.label(run)}** · `{run.get('model')}`")
+            st.markdown(f"**{ctx.label(run)}** · {D.model_label(run)} · `{run.get('model')}`")
             st.caption(f"{same} of {len(idx)} neighbours share its class ({data.frame['true'].iloc[pos[0]]}); "
                        f"{metric} distance {dist.min():.3g}–{dist.max():.3g}.")
             if D.is_random_stand_in(run):
