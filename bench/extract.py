@@ -8,6 +8,7 @@ full-finetune training throughput.
 
     python bench/extract.py                      # GPU: DINOv2-S/B/L @224, ViT-B/16 @384, 17,736 images
     python bench/extract.py --device cpu --models tiny,dinov2-small --n 512
+    python bench/extract.py --engine ray         # in-process vs Ray, each in its own process (see engines())
 
 Weights are random (speed does not depend on them); pixels are random uint8 in
 Galaxy10's shape (N, 256, 256, 3), held in memory. Prints a table and writes
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -182,7 +184,7 @@ def bench_model(name, compiled, ds, root, device, batch, workers, rdr, dev_name,
                forward_ceiling_img_s=round(ceiling, 1), ratio=round(e2e / ceiling, 3),
                peak_mem_gb=None if peak is None else round(peak, 2), total_s=round(total, 2),
                model_load_s=prov["load_seconds"], loader_img_s=round(rdr, 1), dtype=prov["dtype"],
-               parquet_mb=round(path.stat().st_size / 2**20, 1),
+               parquet_mb=round(_size(path) / 2**20, 1),
                torch=torch.__version__, transformers=transformers.__version__)
     print(f"{row['model']:<20} e2e {e2e:>9,.0f} img/s | forward {ceiling:>9,.0f} img/s | "
           f"ratio {e2e / ceiling:5.2f} | total {total:6.2f} s (load {prov['load_seconds']:.1f} s) | peak "
@@ -191,8 +193,102 @@ def bench_model(name, compiled, ds, root, device, batch, workers, rdr, dev_name,
     return row
 
 
+def _size(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.iterdir()) if path.is_dir() else path.stat().st_size
+
+
+# ----------------------------------------------------------------- in-process vs Ray
+
+def engines(args) -> None:
+    """The same extraction with ``--engine local`` and ``--engine ray``, each in a fresh
+    process (so each pays its own start-up, and the driver's peak RSS is its own).
+
+    CPU: synthetic galaxies (rendered on the fly, 64 px) through the demo's model
+    architecture. GPU: DINOv2-B @224 on Galaxy10-shaped uint8 images held in memory,
+    one GPU actor. Ray's wall time includes starting its local cluster.
+    """
+    import subprocess
+
+    import torch
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    on_gpu = device == "cuda"
+    n = args.n if args.n != 17_736 else (100_000 if on_gpu else 20_000)
+    root = Path(tempfile.mkdtemp(prefix="bench-engines-"))
+    try:
+        if on_gpu:
+            ckpt, dataset = make_checkpoint(root, "dinov2-base", device), f"memory:{n}"
+        else:
+            from core.demo import build_generic
+
+            ckpt, dataset = build_generic(root / "demo"), f"synthetic:galaxy10?n={n}&size=64&seed=42"
+        dev_name = torch.cuda.get_device_name() if on_gpu else f"cpu ({os.cpu_count()} cores)"
+        print(f"engines on {dev_name}: {dataset}, model {ckpt.name} ({'dinov2-base' if on_gpu else 'demo'})",
+              flush=True)
+        rows = {}
+        for engine in args.engine_order.split(","):
+            cmd = [sys.executable, __file__, "--child", engine, "--dataset", dataset, "--ckpt", str(ckpt),
+                   "--device", device, "--cache-dir", str(root / f"cache-{engine}")]
+            if args.batch_size:
+                cmd += ["--batch-size", str(args.batch_size)]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                print(r.stderr[-3000:], file=sys.stderr)
+                raise SystemExit(f"{engine} run failed")
+            rows[engine] = json.loads(r.stdout.strip().splitlines()[-1])
+            x = rows[engine]
+            print(f"{engine:<6} wall {x['wall_s']:8.1f} s | {x['img_s']:8,.0f} img/s | driver peak RSS "
+                  f"{x['driver_peak_rss_mb']:,.0f} MB | {x['rows']} rows in {x['parts']} part(s)", flush=True)
+        ratio = rows["ray"]["wall_s"] / rows["local"]["wall_s"]
+        tput = rows["ray"]["img_s"] / rows["local"]["img_s"]
+        print(f"ray / in-process wall time: {ratio:.2f} (goal <= 1.3 on CPU); ray img/s / in-process: {tput:.2f} "
+              f"(goal >= 0.85 on one GPU)", flush=True)
+        result = dict(device=dev_name, dataset=dataset, n_images=n, model="dinov2-base" if on_gpu else "demo",
+                      local=rows["local"], ray=rows["ray"], wall_ratio_ray_over_local=round(ratio, 3),
+                      throughput_ratio_ray_over_local=round(tput, 3), torch=torch.__version__,
+                      created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    slug = "".join(c if c.isalnum() else "-" for c in dev_name.lower()).strip("-")
+    out = Path(args.out or Path(__file__).parent / "results" / f"extract-ray-{slug}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {out}")
+
+
+def child(args) -> None:
+    """One timed extraction in this process; prints one JSON line."""
+    import resource
+
+    from core import features
+
+    if args.dataset.startswith("memory:"):  # an importable class, so Ray can ship it to its actors
+        import importlib
+
+        ds = importlib.import_module("bench.extract").memory_dataset(int(args.dataset.split(":")[1]))
+    else:
+        ds = args.dataset
+    t0 = time.perf_counter()
+    path, prov, _ = features.extract(ds, f"dir:{args.ckpt}", device=args.device, batch_size=args.batch_size,
+                                     cache=args.cache_dir, progress=False, engine=args.child,
+                                     log=lambda *a: print(*a, file=sys.stderr))
+    wall = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps(dict(engine=args.child, wall_s=round(wall, 2), img_s=round(prov["rows"] / wall, 1),
+                          rows=prov["rows"], parts=prov.get("parts", 1), driver_peak_rss_mb=round(peak),
+                          pipeline_s=prov["seconds"], startup_or_load_s=prov["load_seconds"],
+                          batch_size=prov["batch_size"], device=prov["device"], dtype=prov["dtype"],
+                          ray=prov.get("ray"), bytes=_size(path))))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--engine", choices=("ray",), help="compare the in-process engine with --engine ray")
+    ap.add_argument("--engine-order", default="local,ray", help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("local", "ray"), help=argparse.SUPPRESS)
+    ap.add_argument("--dataset", help=argparse.SUPPRESS)
+    ap.add_argument("--ckpt", help=argparse.SUPPRESS)
+    ap.add_argument("--cache-dir", help=argparse.SUPPRESS)
     ap.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     ap.add_argument("--models", default=None, help="comma list of " + ",".join(MODELS))
     ap.add_argument("--n", type=int, default=17_736, help="images (Galaxy10 DECaLS has 17,736)")
@@ -202,6 +298,10 @@ def main(argv=None):
     ap.add_argument("--compile", action="store_true", help="also time dinov2-base with torch.compile")
     ap.add_argument("--out", default=None, help="results JSON (default bench/results/extract-<device>.json)")
     args = ap.parse_args(argv)
+    if args.child:
+        return child(args)
+    if args.engine:
+        return engines(args)
 
     import torch
     import transformers

@@ -30,16 +30,21 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}\nsee `{self.prog} --help`\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The CLI parser; with ``only`` (a verb) just that verb's module is imported, so a
+    cheap verb does not pay for torch, openTSNE and the rest (`--help` imports all)."""
     parser = _Parser(prog="python -m core", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
-    for module in VERBS.values():
+    for verb, module in VERBS.items():
+        if only in VERBS and verb != only:
+            continue
         importlib.import_module(module).add_parser(sub)
     return parser
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -4,6 +4,8 @@ Layout under the cache folder (``--cache DIR``, else ``$EXPLORER_CACHE``, else
 ``<repo>/cache``)::
 
     features/<key>.parquet      one per (dataset fp, checkpoint fp, pooling, split)
+    features/<key>/             the same run sharded (large runs, the Ray engine): parquet parts
+                                ``part-00000.parquet``... plus ``_manifest.json`` (see core.shards)
     projections/<key>.parquet   one per (features run, method, parameters)
     evaluations/<key>.json      one per features run with predictions (+ summary.json)
     checkpoints/                checkpoints the demo and `finetune` build
@@ -14,6 +16,10 @@ Every parquet carries its provenance as JSON under the key-value metadata key
 ``explorer``. Files are written to ``.<name>.tmp-<pid>`` and renamed, so a
 killed run never leaves a file that looks whole; ``ls`` ignores temp files and
 anything whose footer does not read back.
+
+A cache hit is validated from the footer and row-group statistics (``quick_check``),
+not a full read; ``verify`` reads every page and its checksum (``ls --verify``,
+``extract --verify``, and the parts a crashed sharded run left behind).
 """
 from __future__ import annotations
 
@@ -135,7 +141,12 @@ def write_json(path, obj) -> Path:
 
 def provenance(path) -> dict | None:
     """The provenance dict of a complete parquet file, or None if it is unreadable,
-    truncated or its row count disagrees with what was recorded."""
+    truncated or its row count disagrees with what was recorded. A sharded run's
+    provenance comes from its manifest (None while the run is incomplete)."""
+    if Path(path).is_dir():
+        from .shards import provenance as sharded_provenance
+
+        return sharded_provenance(path)
     try:
         md = pq.read_metadata(path)
         prov = json.loads((md.metadata or {}).get(META_KEY, b"null"))
@@ -150,13 +161,67 @@ def provenance(path) -> dict | None:
 
 
 def read_table(path, columns=None) -> pa.Table | None:
-    """Read a cached parquet fully, or None when it is corrupt (then callers recompute)."""
+    """Read a cached parquet (file or sharded run) fully, or None when it is corrupt
+    (then callers recompute)."""
+    if Path(path).is_dir():
+        from .shards import read_table as read_sharded
+
+        return read_sharded(path, columns)
     if provenance(path) is None:
         return None
     try:
         return pq.read_table(path, columns=columns, page_checksum_verification=True)
     except Exception:
         return None
+
+
+def read_schema(path) -> pa.Schema:
+    """The columns of a cached parquet file or sharded run (footer only)."""
+    if Path(path).is_dir():
+        from .shards import parts
+
+        return pq.read_schema(parts(path)[0])
+    return pq.read_schema(path)
+
+
+def quick_check(path) -> dict | None:
+    """Provenance of a complete run, checked from footers and row-group statistics only
+    (no data page is read): the row count matches what was recorded, and every row group
+    carries statistics of its ``row`` column that lie inside the run. None if not."""
+    if Path(path).is_dir():
+        from .shards import quick_check as check_sharded
+
+        return check_sharded(path)
+    prov = provenance(path)
+    if prov is None:
+        return None
+    try:
+        md = pq.read_metadata(path)
+        col = md.schema.names.index("row") if "row" in md.schema.names else None
+        for i in range(md.num_row_groups if col is not None else 0):
+            stats = md.row_group(i).column(col).statistics
+            if stats is None or not stats.has_min_max or stats.min < 0 or stats.max < stats.min:
+                return None
+    except Exception:
+        return None
+    return prov
+
+
+def verify(path) -> str | None:
+    """Read every data page with its checksum. None when intact, else why not."""
+    if Path(path).is_dir():
+        from .shards import verify as verify_sharded
+
+        return verify_sharded(path)
+    if provenance(path) is None:
+        return "footer unreadable, or its row count disagrees with the provenance"
+    try:
+        pf = pq.ParquetFile(path, page_checksum_verification=True)
+        for i in range(pf.num_row_groups):
+            pf.read_row_group(i)
+    except Exception as e:
+        return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+    return None
 
 
 @contextlib.contextmanager
@@ -188,6 +253,10 @@ def list_runs(cache=None) -> list[dict]:
                 continue
             prov.update(kind=label, key=p.stem, path=str(p), bytes=p.stat().st_size)
             runs.append(prov)
+        if kind == "features":
+            from .shards import list_sharded
+
+            runs += list_sharded(cache / kind)
     for p in sorted((cache / "evaluations").glob("*.json")):
         if p.name.startswith(".") or p.name == "summary.json":  # summary: the ΔF1 table, not a run
             continue

@@ -117,7 +117,7 @@ def build(cache=None, dataset: str = DATASET, examples: Path | None = EXAMPLES, 
     for label, data in sets:
         for name in ("generic", "head", "full"):
             path, prov, hit = extract(data, f"demo:{name}", device=device, cache=cache, progress=progress,
-                                      log=lambda *_: None)
+                                      log=lambda *_: None, layers="all" if label == "synthetic" else None)
             runs[(label, name)] = prov | {"key": path.stem, "path": str(path)}
             done = "cached" if hit else f"{prov['rows']} images in {prov['seconds']:.1f} s"
             log(f"      {label:<9} {name:<7} {done}")
@@ -149,6 +149,15 @@ def build(cache=None, dataset: str = DATASET, examples: Path | None = EXAMPLES, 
             get_projection(key, "pca", cache=cache, progress=False)
             quality[(label, name)] = {**prov.get("quality", {}), **(prov.get("feature_quality") or {})}
     step("maps")
+
+    from .layers import layer_cka, layer_scores  # per-block separability and CKA for the Layers view
+
+    log("      per-block probe, kNN and CKA scores for the Layers view")
+    for name in ("generic", "head", "full"):
+        layer_scores(runs[("synthetic", name)]["key"], cache, progress=False)
+        if name != "generic":
+            layer_cka(runs[("synthetic", "generic")]["key"], runs[("synthetic", name)]["key"], cache, progress=False)
+    step("layers")
 
     log("[6/6] done")
     summary = {"cache": str(cache), "seconds": round(time.time() - t0, 1), "timings": timings, "results": []}

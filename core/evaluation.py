@@ -440,13 +440,11 @@ def _print_evaluation(ev: dict) -> None:
 
 
 def read_predictions(path) -> pd.DataFrame | None:
-    """The scoring columns of a features parquet (embeddings stay on disk)."""
-    import pyarrow.parquet as pq
-
+    """The scoring columns of a features run, file or sharded (embeddings stay on disk)."""
     from . import cache as store
 
     try:
-        names = pq.read_schema(path).names
+        names = store.read_schema(path).names
     except Exception:
         return None
     wanted = [c for c in ("row", "id", "split", "label", "pred", "confidence") if c in names]

@@ -1,17 +1,20 @@
-"""Batched feature extraction -> one parquet per (dataset, checkpoint, pooling, split).
+"""Batched feature extraction -> one features run per (dataset, checkpoint, pooling, split).
 
-The pipeline overlaps its three stages: a reader thread pulls uint8 batches from
-the Dataset (pinned when the GPU is used), the main thread moves them to the device,
-resizes/normalises there and runs the model (bf16 + SDPA on CUDA, fp32 on CPU),
-and a writer thread copies results back and appends parquet row groups. Memory
-stays bounded by the queue depths whatever the dataset size.
+One implementation of extraction, two ways to schedule it. ``BatchExtractor`` does
+one batch: load uint8 images -> preprocess on the device -> forward -> pool -> head
+-> a parquet table (bf16 + SDPA on CUDA, fp32 on CPU). ``run_local`` schedules it in
+this process, overlapping three stages: loader threads pull uint8 batches from the
+Dataset (pinned when the GPU is used), this thread runs the model, and a writer
+thread copies results back and appends parquet row groups; memory stays bounded by
+the queue depths whatever the dataset size. ``core.ray_engine`` schedules the same
+extractor on Ray Data actors (``--engine ray``). Both write through ``RunWriter``:
+one atomic file, or atomic parts of a sharded run (``core.shards``) that resume.
 
 Only torch, transformers, numpy, pandas and pyarrow are imported here, so the GPU
 path runs on a machine without datasets, h5py, Streamlit or umap.
 """
 from __future__ import annotations
 
-import contextlib
 import platform
 import queue
 import sys
@@ -19,22 +22,25 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from itertools import islice
+from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import islice
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from . import __version__
 from . import cache as store
-from . import layerfeatures
+from . import layerfeatures, shards
 from .data import normalize_ref, open_dataset
 from .data.base import SourceError
 from .errors import UserError
 from .models import POOLINGS, describe, fingerprint_dir, load_checkpoint, resolve
 from .modes import MODES, resolve_mode, training_data
-from .preprocess import load_batch
+from .preprocess import originals_are_batches, stack_originals
 
+ENGINES = ("local", "ray")
 _DONE = object()
 
 
@@ -77,50 +83,84 @@ def plan(dataset, model_ref: str, pooling: str = "auto", split: str = "all", mod
 
 def extract(dataset_ref, model_ref: str, mode: str | None = None, split: str = "all", pooling: str = "auto",
             device: str = "auto", batch_size: int | None = None, cache=None, progress: bool = True,
-            compile: bool = False, workers: int | None = None, log=print, layers: str | None = None,
-            base_model: str | None = None) -> tuple:
-    """Compute (or find cached) features. Returns (parquet path, provenance, was_cached).
+            compile: bool = False, workers: int | None = None, log=print, engine: str = "local",
+            shard_rows: int | None = None, verify: bool = False, ray_options: dict | None = None,
+            layers: str | None = None, base_model: str | None = None) -> tuple:
+    """Compute (or find cached) features. Returns (run path, provenance, was_cached).
 
     ``dataset_ref`` is a reference string or an opened Dataset. A cache hit loads no
-    model; two identical requests at once compute once (file lock). ``layers``
+    model and reads only parquet footers (``verify=True`` reads every page checksum
+    first); two identical requests at once compute once (file lock). Runs of more than
+    ``shard_rows`` rows (default ``core.shards.SHARD_ROWS``), and every run of the Ray
+    engine, are written sharded: a folder of parts that a killed run resumes.
+    ``engine``: "local" (threads in this process) or "ray" (``ray_options``: address,
+    workers, gpus_per_worker, cpus_per_worker; see core.ray_engine). ``layers``
     ("all", "last", "1,4,9-12"): also store those blocks' pooled features from the
-    same pass (see ``core.layerfeatures``). ``base_model``: the reference an external
-    finetuned checkpoint started from (finetune records it for its own), so ΔF1 pairs
-    its head-only and full runs.
+    same pass (see ``core.layerfeatures``; in-process engine only). ``base_model``: the
+    reference an external finetuned checkpoint started from (finetune records it for its
+    own), so ΔF1 pairs its head-only and full runs.
     """
+    if engine not in ENGINES:
+        raise UserError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     ds = open_dataset(dataset_ref) if isinstance(dataset_ref, str) else dataset_ref
     path, info = plan(ds, model_ref, pooling, split, mode, cache, base_model)
     model_ref = info["model"]
-    info["layers"] = layerfeatures.requested(resolve(model_ref, cache), layers, info["family"])
+    blocks = layerfeatures.requested(resolve(model_ref, cache), layers, info["family"])
+    if blocks and engine == "ray":
+        raise UserError("--layers works with the in-process engine only: leave out --engine ray")
 
     def hit():
-        prov = cached(path)
-        return prov if prov and (not info["layers"] or layerfeatures.cached(
-            layerfeatures.layers_path(path), info["layers"])) else None
+        found = find_cached(path, verify)
+        return found if found and (not blocks or layerfeatures.cached(layerfeatures.layers_path(path), blocks)) else None
 
-    prov = hit()
-    if prov:
-        return path, prov, True
+    if found := hit():
+        return (*found, True)
     with store.compute_lock(path):
-        prov = hit()  # someone else may have finished while we waited
-        if prov:
-            return path, prov, True
+        if found := hit():  # someone else may have finished while we waited
+            return (*found, True)
         old = layerfeatures.cached(layerfeatures.layers_path(path), None)
-        if info["layers"] and old:  # keep the blocks stored before
-            info["layers"] = sorted(set(info["layers"]) | set(old.get("layers", [])))
-        if path.exists() and not cached(path):
+        if blocks and old:  # keep the blocks stored before
+            blocks = sorted(set(blocks) | set(old.get("layers", [])))
+        if path.exists() and not cached(path, verify):
             log(f"cached features {path.name} are damaged: recomputing")
-        prov = _compute(ds, model_ref, info, path, _pick_device(device), batch_size, cache, progress, compile, log,
-                        workers)
-    return path, prov, False
+            path.unlink()
+        shard_rows = shard_rows or shards.SHARD_ROWS
+        if shard_rows < 1:
+            raise UserError("--shard-rows must be a positive integer")
+        sharded = engine == "ray" or len(ds.rows(split)) > shard_rows
+        out = path.with_suffix("") if sharded else path
+        # the Ray engine picks the device from the cluster's resources, not this machine's
+        device = device if engine == "ray" else _pick_device(device)
+        job = Job(ds, model_ref, info, out, device, batch_size, cache, compile, sharded, shard_rows, blocks)
+        if engine == "ray":
+            from .ray_engine import run_on_ray
+
+            prov = run_on_ray(job, progress=progress, log=log, **(ray_options or {}))
+        else:
+            prov = run_local(job, progress=progress, log=log, workers=workers)
+    return out, prov, False
 
 
-def cached(path) -> dict | None:
-    """Provenance of a complete, intact features file; None means compute it."""
-    prov = store.provenance(path)
+def cached(path, verify: bool = False) -> dict | None:
+    """Provenance of a complete, intact features run (file or sharded folder); None means
+    compute it. Checked from footers and row-group statistics; ``verify`` reads every page."""
+    prov = store.quick_check(path)
     if prov is None or prov.get("kind") != "features":
         return None
-    return prov if store.read_table(path, columns=None) is not None else None
+    if verify and store.verify(path) is not None:
+        return None
+    return prov
+
+
+def find_cached(path, verify: bool = False) -> tuple | None:
+    """(run path, provenance) of the cached run planned at ``path``: the single file or
+    the sharded folder beside it, whichever is complete; None if neither is."""
+    for candidate in (Path(path), Path(path).with_suffix("")):
+        if candidate.exists():
+            prov = cached(candidate, verify)
+            if prov:
+                return candidate, prov
+    return None
 
 
 def _schema(dim: int, n_classes: int, meta: pa.Schema) -> pa.Schema:
@@ -147,146 +187,302 @@ def _fixed_list(arr: np.ndarray) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1])
 
 
-def _compute(ds, model_ref, info, path, device, batch_size, cache, progress, compile, log, workers=None) -> dict:
+@dataclass
+class Job:
+    """One extraction request, resolved: what both schedulers need to know."""
+
+    ds: object  # the opened Dataset
+    model_ref: str
+    info: dict  # plan()'s identity fields
+    out: Path  # <key>.parquet, or the <key>/ folder of a sharded run
+    device: str
+    batch_size: int | None
+    cache: object
+    compile: bool
+    sharded: bool
+    shard_rows: int
+    layers: list | None = None  # blocks whose pooled features go to layers/<key>.parquet too
+
+    def rows(self) -> np.ndarray:
+        return self.ds.rows(self.info["split"])
+
+    def chunks(self, skip_parts=()) -> list[tuple[int, int, int]]:
+        """(part index, start, stop) per batch: slices of ``rows()``, in row order,
+        leaving out finished parts."""
+        n, size = len(self.rows()), self.batch_size
+        ranges = shards.part_ranges(n, self.shard_rows) if self.sharded else [(0, n)]
+        return [(k, i, min(i + size, stop)) for k, (start, stop) in enumerate(ranges)
+                if k not in skip_parts for i in range(start, stop, size)]
+
+
+class BatchExtractor:
+    """The one implementation of extraction, per batch: load -> preprocess -> forward ->
+    pool -> head -> parquet table. The in-process scheduler and every Ray actor call it.
+
+    >>> ex = BatchExtractor(job)
+    >>> table, skipped = ex(rows)       # or ex.load / ex.forward / ex.table, overlapped
+    """
+
+    def __init__(self, job: Job):
+        import torch
+
+        self.job, self.ds, self.pooling = job, job.ds, job.info["pooling"]
+        self.device = job.device
+        self.ck = load_checkpoint(job.model_ref, device=self.device, cache=job.cache)
+        if job.compile and self.device == "cuda" and not job.layers:  # layer hooks need the eager module
+            self.ck.compile()
+        self.hidden = layerfeatures.HiddenStates(self.ck.backbone).__enter__() if job.layers else None
+        self.batch_size = job.batch_size or (256 if self.device == "cuda" else 64)
+        job.batch_size = self.batch_size
+        self.n_classes = len(self.ck.id2label or {})
+        self.meta_schema = _meta_table(self.ds, job.rows()[:1]).schema
+        self._torch = torch
+
+    def load(self, rows) -> tuple[np.ndarray, object, list]:
+        """(rows that decoded, their images for the device, skipped files). Images are a
+        uint8 (b, H, W, 3) batch of originals, or float pixel values (b, 3, S, S) when
+        their sizes differ (``core.preprocess``); pinned on GPU runs."""
+        torch = self._torch
+        if originals_are_batches(self.ds):
+            t, skipped = torch.from_numpy(self.ds.batch(rows)), []
+        else:  # decoded one by one: a file that does not decode is skipped and named
+            rows, images, skipped = self.ds.load_images(rows)
+            t = stack_originals(images, self.ck.preprocess) if images else torch.zeros((0, 1, 1, 3), dtype=torch.uint8)
+        return rows, (t.pin_memory() if self.device == "cuda" and len(rows) else t), skipped
+
+    def forward(self, images) -> tuple:
+        """What ``load`` gave -> (features (b, d), logits (b, C) or None, per-layer pooled
+        features or None) on the device."""
+        torch = self._torch
+        n = len(images)
+        with torch.inference_mode():
+            x = images.to(self.device, non_blocking=True)
+            short = self.batch_size - n if self.job.compile and self.device == "cuda" else 0
+            if short > 0:  # a compiled graph is specialised to the batch shape: pad the last batch
+                x = torch.cat([x, x[:1].expand(short, *x.shape[1:])])
+            feats, logits = self.ck.forward(x if x.is_floating_point() else self.ck.preprocess(x), self.pooling)
+            if short > 0:
+                feats, logits = feats[:n], None if logits is None else logits[:n]
+            pooled = self.hidden and layerfeatures.pool_layers(self.hidden.pop(), self.job.layers, self.ck.has_cls,
+                                                               self.ck.num_prefix_tokens)
+        return feats, logits, pooled
+
+    def schema(self, dim: int) -> pa.Schema:
+        return _schema(dim, self.n_classes, self.meta_schema)
+
+    def table(self, rows, feats, logits) -> pa.Table:
+        """Device outputs -> the features table of these rows (columns of CONTRACTS.md)."""
+        ds = self.ds
+        feats = feats.float().cpu().numpy()
+        cols = {
+            "row": pa.array(rows, pa.int64()), "id": pa.array(ds.ids[rows].astype(str)),
+            "split": pa.array(ds.splits[rows].astype(str)), "label": pa.array(ds.labels[rows], pa.int64()),
+            "embedding": _fixed_list(feats),
+        }
+        if self.n_classes:
+            probs = self._torch.softmax(logits.float(), -1).cpu().numpy()
+            cols.update(pred=pa.array(probs.argmax(1), pa.int64()),
+                        confidence=pa.array(probs.max(1), pa.float32()), probs=_fixed_list(probs))
+        table = pa.table(cols)
+        for name, col in zip(self.meta_schema.names, _meta_table(ds, rows).columns):
+            table = table.append_column(name, col)
+        return table.cast(self.schema(feats.shape[1]))
+
+    def __call__(self, rows) -> tuple[pa.Table | None, list]:
+        """One batch end to end: (table of the rows that decoded, or None; skipped files)."""
+        rows, images, skipped = self.load(rows)
+        if not len(rows):
+            return None, skipped
+        feats, logits, _ = self.forward(images)
+        return self.table(rows, feats, logits), skipped
+
+    def provenance(self) -> dict:
+        ck, ds, job = self.ck, self.ds, self.job
+        return dict(
+            kind="features", format=1, **job.info, rows=int(len(job.rows())), has_head=bool(self.n_classes),
+            class_names=list(ds.class_names), id2label={str(k): v for k, v in (ck.id2label or {}).items()},
+            size=ck.size_name, head=ck.provenance.get("head"),
+            dtype=str(ck.dtype).replace("torch.", ""), device=_device_name(self.device),
+            batch_size=self.batch_size, image_size=list(ck.input_size()), dataset_image_size=ds.image_size,
+            skipped=list(ds.skipped), versions=_versions(),
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+
+
+class RunWriter:
+    """Where a run's tables go: one atomic parquet file, or one atomic part per shard.
+
+    ``todo()`` names the parts still to compute (all of them, unless a killed sharded
+    run left some); ``add(part, table, skipped)`` is called in row order.
+    """
+
+    def __init__(self, job: Job, prov: dict):
+        self.job, self.prov = job, prov
+        self.shards = shards.ShardedWriter(job.out, prov, len(job.rows()), job.shard_rows) if job.sharded else None
+        self.finished = self.shards.done() if self.shards else set()
+        self.schema = None
+        self._part, self._writer = None, None
+        self.skipped: list = []  # skipped before the first table (no writer yet)
+        self.new_skipped: list = []  # every file this run found unreadable
+
+    def todo(self) -> list[tuple[int, int, int]]:
+        return self.job.chunks(skip_parts=self.finished)
+
+    def add(self, part: int, table: pa.Table | None, skipped: list):
+        self.new_skipped += skipped
+        if table is not None and self.schema is None:
+            self.schema = table.schema
+            self.prov["dim"] = int(table.schema.field("embedding").type.list_size)
+        if part != self._part:
+            self._close_part()
+            self._part = part
+        if self._writer is None and self.schema is not None:
+            self._writer = (self.shards.part_writer(part, self.schema) if self.shards
+                            else store.AtomicParquetWriter(self.job.out, self.schema, self.prov)).__enter__()
+        if self._writer is None:  # nothing decoded yet: remember what was skipped
+            self.skipped += skipped
+            return
+        if self.shards:
+            self._writer.provenance["part_skipped"] += self.skipped + skipped
+        else:
+            self.prov["skipped"] += self.skipped + skipped
+        self.skipped = []
+        if table is not None:
+            self._writer.write(table)
+
+    def _close_part(self, exc=None):
+        if self._writer is not None:
+            self._writer.__exit__(type(exc) if exc else None, exc, None)
+            self._writer = None
+
+    def abort(self, exc: BaseException):
+        """Leave nothing that looks whole: the open file or part is discarded."""
+        self._close_part(exc)
+
+    def close(self) -> dict:
+        """Finish the run (rename the file / write the manifest); returns its provenance."""
+        if not self.shards:
+            if self._writer is None:
+                raise UserError(f"no image of {self.job.ds.source} could be read: nothing to extract")
+            self._close_part()
+            return store.provenance(self.job.out)
+        self._close_part()
+        self.prov["skipped"] += self.skipped
+        if "dim" not in self.prov:  # every part was done by the killed run
+            self.prov["dim"] = store.provenance(self.job.out / shards.part_name(0)).get("dim")
+        return self.shards.finish(self.prov)
+
+
+def run_local(job: Job, progress: bool = True, log=print, workers: int | None = None) -> dict:
+    """The in-process scheduler: loader threads, the model on this thread, a writer thread.
+
+    Memory stays bounded by the queue depths whatever the dataset size.
+    """
     import torch
     from tqdm.auto import tqdm
 
     t0 = time.time()
-    ck = load_checkpoint(model_ref, device=device, cache=cache)
+    ex = BatchExtractor(job)
     t_loaded = time.time()
-    layers = info.pop("layers", None)
-    if compile and device == "cuda" and not layers:  # hooks for per-layer features need the eager module
-        ck.compile()
-    on_gpu = device == "cuda"
-    batch_size = batch_size or (256 if on_gpu else 64)
-    rows = ds.rows(info["split"])
-    n_classes = len(ck.id2label or {})
-
-    # Reader: uint8 batches from the source, pinned for async host->device copies.
+    prov = ex.provenance()
+    writer = RunWriter(job, prov)
+    rows = job.rows()
+    chunks = [(part, rows[start:stop]) for part, start, stop in writer.todo()]
+    layer_writer = job.layers and layerfeatures.LayerWriter(
+        layerfeatures.layers_path(job.out.with_suffix(".parquet")),  # same key for a sharded run
+        layerfeatures.provenance_for(job.info, job.out.stem, job.layers, ex.ck.family))
+    on_gpu = job.device == "cuda"
+    workers = workers or (4 if on_gpu else 1)
     ready: queue.Queue = queue.Queue(maxsize=4)
     results: queue.Queue = queue.Queue(maxsize=4)
     errors: list = []
-
-    workers = workers or (4 if on_gpu else 1)
-
-    def load(chunk):  # each image resampled once, from its original size (core.preprocess)
-        t = load_batch(ds, chunk, ck.preprocess)
-        return chunk, (t.pin_memory() if on_gpu else t)
+    _log_skipped(job.ds.skipped, log)
 
     def read():
         # Several loader threads (numpy gathers and image decoding release the GIL),
         # results kept in order, at most `depth` batches in flight.
-        chunks = iter([rows[i : i + batch_size] for i in range(0, len(rows), batch_size)])
+        todo = iter(chunks)
         depth = max(2, workers * 2)
         try:
             with ThreadPoolExecutor(workers, thread_name_prefix="loader") as pool:
-                pending = deque(pool.submit(load, c) for c in islice(chunks, depth))
+                pending = deque((part, pool.submit(ex.load, rows)) for part, rows in islice(todo, depth))
                 while pending and not errors:
-                    ready.put(pending.popleft().result())
-                    nxt = next(chunks, None)
+                    part, fut = pending.popleft()
+                    ready.put((part, *fut.result()))
+                    nxt = next(todo, None)
                     if nxt is not None:
-                        pending.append(pool.submit(load, nxt))
+                        pending.append((nxt[0], pool.submit(ex.load, nxt[1])))
         except BaseException as e:  # surfaced in the main thread
             errors.append(e)
         finally:
             ready.put(_DONE)
 
-    first_meta = _meta_table(ds, rows[:1])
-    prov = dict(
-        kind="features", format=1, **info, rows=int(len(rows)), has_head=bool(n_classes),
-        class_names=list(ds.class_names), id2label={str(k): v for k, v in (ck.id2label or {}).items()},
-        size=ck.size_name, head=ck.provenance.get("head"),
-        dtype=str(ck.dtype).replace("torch.", ""), device=_device_name(device), batch_size=batch_size,
-        image_size=list(ck.input_size()), dataset_image_size=ds.image_size,
-        skipped=ds.skipped, versions=_versions(), created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    )
-    if ds.skipped:
-        log(f"skipped {len(ds.skipped)} unreadable file(s): " + ", ".join(
-            f"{s['file']} ({s['reason']})" for s in ds.skipped[:5]) + (" ..." if len(ds.skipped) > 5 else ""))
-
-    writer_state = {}
-    layer_writer = layers and layerfeatures.LayerWriter(layerfeatures.layers_path(path), layerfeatures.provenance_for(
-        info, path.stem, layers, ck.family))
-    hidden = layerfeatures.HiddenStates(ck.backbone) if layers else None
-
     def write():
         try:
-            w = None
             while (item := results.get()) is not _DONE:
-                chunk, feats, logits, pooled = item
+                part, rows, feats, logits, pooled, skipped = item
                 if pooled:
-                    layer_writer.write(ds, chunk, pooled)
-                feats = feats.float().cpu().numpy()
-                if w is None:  # the embedding width is known for sure only after one batch
-                    s = _schema(feats.shape[1], n_classes, first_meta.schema)
-                    prov["dim"] = int(feats.shape[1])
-                    w = store.AtomicParquetWriter(path, s, prov).__enter__()
-                    writer_state["w"] = w
-                cols = {
-                    "row": pa.array(chunk, pa.int64()), "id": pa.array(ds.ids[chunk].astype(str)),
-                    "split": pa.array(ds.splits[chunk].astype(str)), "label": pa.array(ds.labels[chunk], pa.int64()),
-                    "embedding": _fixed_list(feats),
-                }
-                if n_classes:
-                    probs = torch.softmax(logits.float(), -1).cpu().numpy()
-                    cols.update(pred=pa.array(probs.argmax(1), pa.int64()),
-                                confidence=pa.array(probs.max(1), pa.float32()), probs=_fixed_list(probs))
-                table = pa.table(cols)
-                for name, col in zip(first_meta.column_names, _meta_table(ds, chunk).columns):
-                    table = table.append_column(name, col)
-                w.write(table)
+                    layer_writer.write(job.ds, rows, pooled)
+                writer.add(part, None if feats is None else ex.table(rows, feats, logits), skipped)
         except BaseException as e:
             errors.append(e)
             while results.get() is not _DONE:  # drain so the producer never blocks
                 pass
 
-    reader = threading.Thread(target=read, daemon=True, name="reader")
-    writer = threading.Thread(target=write, daemon=True, name="writer")
-    reader.start()
-    writer.start()
-    bar = tqdm(total=len(rows), unit="img", desc=f"extract {ck.family}-{ck.size_name} on {device}",
+    threads = [threading.Thread(target=read, daemon=True, name="reader"),
+               threading.Thread(target=write, daemon=True, name="writer")]
+    [t.start() for t in threads]
+    n_todo = sum(len(rows) for _, rows in chunks)
+    bar = tqdm(total=n_todo, unit="img", desc=f"extract {ex.ck.family}-{ex.ck.size_name} on {job.device}",
                disable=not progress, file=sys.stderr, smoothing=0.1)
     try:
-        with torch.inference_mode(), (hidden or contextlib.nullcontext()):
-            while not errors and (item := ready.get()) is not _DONE:
-                chunk, images = item
-                x = images.to(device, non_blocking=True)
-                short = batch_size - len(chunk) if compile else 0
-                if short:  # a compiled graph is specialised to the batch shape: pad the last batch
-                    x = torch.cat([x, x[:1].expand(short, *x.shape[1:])])
-                feats, logits = ck.forward(x if x.is_floating_point() else ck.preprocess(x), info["pooling"])
-                if short:
-                    feats, logits = feats[: len(chunk)], None if logits is None else logits[: len(chunk)]
-                pooled = hidden and layerfeatures.pool_layers(hidden.pop(), layers, ck.has_cls, ck.num_prefix_tokens)
-                results.put((chunk, feats, logits, pooled))
-                bar.update(len(chunk))
+        while not errors and (item := ready.get()) is not _DONE:
+            part, rows, images, skipped = item
+            feats, logits, pooled = ex.forward(images) if len(rows) else (None, None, None)
+            results.put((part, rows, feats, logits, pooled, skipped))
+            bar.update(len(rows) + len(skipped))
     except BaseException as e:  # includes KeyboardInterrupt: the temp file must go
         errors.append(e)
     finally:
         bar.close()
         results.put(_DONE)
-        writer.join()
-        while reader.is_alive():  # unblock a reader stuck on a full queue
+        threads[1].join()
+        while threads[0].is_alive():  # unblock a reader stuck on a full queue
             try:
                 ready.get(timeout=0.1)
             except queue.Empty:
                 pass
-    w = writer_state.get("w")
     if errors:
-        if w:
-            w.__exit__(type(errors[0]), errors[0], None)
+        writer.abort(errors[0])
         if layer_writer:
             layer_writer.close(ok=False, exc=errors[0])
         raise errors[0]
-    prov["seconds"] = round(time.time() - t0, 3)
-    prov["load_seconds"] = round(t_loaded - t0, 3)  # model load; the rest is the streaming pipeline
-    prov["images_per_s"] = round(len(rows) / prov["seconds"], 1)
     if layer_writer:
         layer_writer.close()
-        log(f"{len(layers)} {layerfeatures.unit_name(ck.family)}s -> {layer_writer.path}")
-    w.__exit__(None, None, None)  # writes the provenance, renames into place
-    log(f"{len(rows)} images -> {path} ({prov['seconds']:.1f} s, {len(rows) / prov['seconds']:.0f} img/s)")
-    return store.provenance(path)
+        log(f"{len(job.layers)} {layerfeatures.unit_name(ex.ck.family)}s -> {layer_writer.path}")
+    return _finish(writer, prov, t0, t_loaded, n_todo, log, engine="local")
+
+
+def _finish(writer: RunWriter, prov: dict, t0: float, t_loaded: float, n_done: int, log, engine: str) -> dict:
+    """Record timings in the provenance, then complete the run (rename / manifest)."""
+    prov["engine"] = engine
+    prov["seconds"] = round(time.time() - t0, 3)
+    prov["load_seconds"] = round(t_loaded - t0, 3)  # model load; the rest is the streaming pipeline
+    prov["images_per_s"] = round(n_done / max(prov["seconds"], 1e-9), 1)
+    if writer.finished:
+        prov["resumed_parts"] = len(writer.finished)
+    _log_skipped(writer.new_skipped, log)
+    out = writer.close()
+    resumed = f", {len(writer.finished)} part(s) already done" if writer.finished else ""
+    log(f"{n_done} images -> {writer.job.out} ({prov['seconds']:.1f} s, "
+        f"{n_done / max(prov['seconds'], 1e-9):.0f} img/s{resumed})")
+    return out
+
+
+def _log_skipped(skipped: list, log) -> None:
+    if skipped:
+        log(f"skipped {len(skipped)} unreadable file(s): " + ", ".join(
+            f"{s['file']} ({s['reason']})" for s in skipped[:5]) + (" ..." if len(skipped) > 5 else ""))
 
 
 def _device_name(device: str) -> str:
@@ -333,15 +529,32 @@ def add_parser(sub):
     p.add_argument("--batch-size", type=int, help="default 256 on GPU, 64 on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; pays off on large sets)")
     p.add_argument("--cache", help="cache folder (default: $EXPLORER_CACHE or ./cache)")
+    p.add_argument("--verify", action="store_true",
+                   help="check every page checksum of a cached run before trusting it (recompute if damaged)")
+    p.add_argument("--shard-rows", type=int, help=f"rows per part of a sharded run (default {shards.SHARD_ROWS:,}); "
+                   "runs with more rows are written as a folder of parts that a killed run resumes")
+    g = p.add_argument_group("scale out (docs/SCALE.md)")
+    g.add_argument("--engine", default="local", choices=ENGINES,
+                   help="local: threads in this process; ray: Ray Data actors on a local or existing cluster")
+    g.add_argument("--address", help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start a local one")
+    g.add_argument("--workers", type=int, help="Ray: model actors (default: one per GPU, else 1)")
+    g.add_argument("--gpus-per-worker", type=float, help="Ray: GPUs per actor (default 1 when the cluster has GPUs)")
+    g.add_argument("--cpus-per-worker", type=float, help="Ray: CPUs per actor (default: all on CPU-only clusters)")
     p.set_defaults(func=_run)
 
 
 def _run(args) -> int:
-    if args.batch_size is not None and args.batch_size < 1:
-        raise UserError("--batch-size must be a positive integer")
+    for flag in ("batch_size", "shard_rows", "workers"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be a positive integer")
+    ray_options = {k: getattr(args, k) for k in ("address", "workers", "gpus_per_worker", "cpus_per_worker")}
+    if args.engine != "ray" and any(v is not None for v in ray_options.values()):
+        raise UserError("--address, --workers, --gpus-per-worker and --cpus-per-worker need --engine ray")
     path, prov, hit = extract(args.dataset, args.model, mode=args.mode, split=args.split, pooling=args.pooling,
                               device=args.device, batch_size=args.batch_size, cache=args.cache,
-                              compile=args.compile, layers=args.layers, base_model=args.base_model)
+                              compile=args.compile, engine=args.engine, shard_rows=args.shard_rows,
+                              verify=args.verify, ray_options=ray_options if args.engine == "ray" else None,
+                              layers=args.layers, base_model=args.base_model)
     if hit:
         print(f"cache hit: {path} ({prov['rows']} rows x {prov['dim']})")
         if args.layers:

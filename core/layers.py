@@ -5,8 +5,8 @@ Pure functions on arrays (tested against scikit-learn and known identities):
 - ``knn_accuracy``: a k-nearest-neighbour vote (cosine, as the DINO papers'
   kNN probe) of test galaxies among train galaxies;
 - ``linear_probe``: multinomial logistic regression on standardised features
-  (train mean/std), sklearn's objective and default C, solved by L-BFGS in
-  torch; scored as macro F1 on the test galaxies;
+  (train mean/std), sklearn's objective and default C, solved by L-BFGS
+  (scipy, as sklearn); scored as macro F1 on the test galaxies;
 - ``linear_cka``: linear centred kernel alignment between two representations
   of the same galaxies (Kornblith et al. 2019): 1 for the same space up to a
   rotation and an overall scale, ~0 for unrelated ones;
@@ -31,7 +31,7 @@ from .errors import UserError
 from .evaluation import classification_report
 
 # Bump when a change here changes the numbers: old cached analyses then miss.
-ANALYSIS_VERSION = 1
+ANALYSIS_VERSION = 2
 MAX_CKA_POINTS = 5000
 
 
@@ -74,37 +74,42 @@ def standardise(X_train, X_test) -> tuple[np.ndarray, np.ndarray]:
     return (X_train - mean) / std, (X_test - mean) / std
 
 
-def fit_logistic(X, y, C: float = 1.0, max_iter: int = 500, device: str = "cpu"):
+def fit_logistic(X, y, C: float = 1.0, max_iter: int = 1000, tol: float = 1e-7):
     """Multinomial logistic regression, sklearn's objective:
-    ``C * sum(cross-entropy) + ||W||^2 / 2`` (the intercept not penalised).
-    X: (n, d) float, y: (n,) int in 0..K-1. Returns (W (d, K), b (K,)) as float64 numpy."""
-    import torch
+    ``C * sum(cross-entropy) + ||W||^2 / 2`` (the intercept not penalised), solved
+    with L-BFGS as sklearn's default solver does (scipy). X: (n, d) float, y: (n,)
+    int in 0..K-1. Returns (W (d, K), b (K,)) float64."""
+    from scipy.optimize import minimize
 
-    X = torch.as_tensor(np.asarray(X, np.float64), device=device)
-    y = torch.as_tensor(np.asarray(y, np.int64), device=device)
-    n_classes = int(y.max()) + 1
-    W = torch.zeros(X.shape[1], n_classes, dtype=torch.float64, device=device, requires_grad=True)
-    b = torch.zeros(n_classes, dtype=torch.float64, device=device, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=max_iter, tolerance_grad=1e-6, tolerance_change=1e-10,
-                            history_size=20, line_search_fn="strong_wolfe")
-    scale = 1.0 / (C * len(X))  # the objective divided by C * n: same minimum, better conditioned
+    X = np.asarray(X, np.float64)
+    y = np.asarray(y, np.int64)
+    n, d = X.shape
+    K = int(y.max()) + 1
+    Y = np.zeros((n, K))
+    Y[np.arange(n), y] = 1.0
+    scale = 1.0 / (C * n)  # the objective divided by C * n: same minimum, better conditioned
 
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(X @ W + b, y) + 0.5 * scale * (W * W).sum()
-        loss.backward()
-        return loss
+    def loss_and_grad(w):
+        W, b = w[: d * K].reshape(d, K), w[d * K:]
+        Z = X @ W + b
+        Z -= Z.max(1, keepdims=True)
+        log_norm = np.log(np.exp(Z).sum(1, keepdims=True))
+        P = np.exp(Z - log_norm)
+        loss = (log_norm[:, 0] - (Z * Y).sum(1)).mean() + 0.5 * scale * (W * W).sum()
+        G = (P - Y) / n
+        return loss, np.concatenate([(X.T @ G + scale * W).ravel(), G.sum(0)])
 
-    with torch.enable_grad():
-        opt.step(closure)
-    return W.detach().cpu().numpy(), b.detach().cpu().numpy()
+    res = minimize(loss_and_grad, np.zeros(d * K + K), jac=True, method="L-BFGS-B",
+                   options={"maxiter": max_iter, "gtol": tol, "ftol": 1e-12})
+    return res.x[: d * K].reshape(d, K), res.x[d * K:]
 
 
-def linear_probe(X_train, y_train, X_test, y_test, C: float = 1.0, device: str = "cpu") -> dict:
-    """Standardised linear probe: ``{"macro_f1", "accuracy", "pred"}`` on the test galaxies."""
+def linear_probe(X_train, y_train, X_test, y_test, C: float = 1.0, max_iter: int = 100) -> dict:
+    """Standardised linear probe: ``{"macro_f1", "accuracy", "pred"}`` on the test galaxies.
+    ``max_iter`` 100 as sklearn's LogisticRegression default."""
     A, B = standardise(_check(X_train, "X_train"), _check(X_test, "X_test"))
     y_train, y_test = np.asarray(y_train, np.int64), np.asarray(y_test, np.int64)
-    W, b = fit_logistic(A, y_train, C=C, device=device)
+    W, b = fit_logistic(A, y_train, C=C, max_iter=max_iter)
     pred = (B @ W + b).argmax(1)
     n_classes = int(max(y_train.max(), y_test.max(), pred.max())) + 1
     report = classification_report(y_test, pred, [str(i) for i in range(n_classes)])
@@ -211,8 +216,7 @@ def cached_scores(features_key: str, cache=None, k: int = 10, C: float = 1.0) ->
     return _read_json(_analysis_path(cache, "scores", ANALYSIS_VERSION, features_key, run.get("layers"), k, C))
 
 
-def layer_scores(features_key: str, cache=None, k: int = 10, C: float = 1.0, device: str = "cpu",
-                 progress: bool = True) -> dict:
+def layer_scores(features_key: str, cache=None, k: int = 10, C: float = 1.0, progress: bool = True) -> dict:
     """kNN accuracy and probe macro F1 of every stored block and kind of a run, fitted
     on its train galaxies and scored on its test galaxies; cached.
 
@@ -232,7 +236,8 @@ def layer_scores(features_key: str, cache=None, k: int = 10, C: float = 1.0, dev
         start = time.perf_counter()
         result = {"kind": "layer-scores", "features_run": features_key, "model": run.get("model"),
                   "mode": run.get("mode"), "dataset": run.get("dataset"), "unit": run.get("unit", "block"),
-                  "layers": run.get("layers"), "k": k, "C": C, "scores": [], "version": ANALYSIS_VERSION}
+                  "layers": run.get("layers"), "k": k, "C": C, "max_iter": 100, "scores": [],
+                  "version": ANALYSIS_VERSION}
         jobs = [(layer, kind) for layer in run["layers"] for kind in run.get("kinds", lf.KINDS)]
         for layer, kind in tqdm(jobs, desc=f"layer scores {features_key}", disable=not progress, file=sys.stderr):
             _, labels, splits, X = lf.read_layer(run["path"], layer, kind)
@@ -241,7 +246,7 @@ def layer_scores(features_key: str, cache=None, k: int = 10, C: float = 1.0, dev
             if len(np.unique(labels[train])) < 2 or not test.any():
                 result["note"] = "needs labelled train and test galaxies of at least two classes"
                 break
-            probe = linear_probe(X[train], labels[train], X[test], labels[test], C=C, device=device)
+            probe = linear_probe(X[train], labels[train], X[test], labels[test], C=C)
             result["scores"].append({
                 "layer": layer, "kind": kind, "knn_accuracy": knn_accuracy(X[train], labels[train], X[test],
                                                                            labels[test], k),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 from . import cache as store
 
@@ -12,6 +13,8 @@ def add_parser(sub):
                        "mode, pooling, rows, embedding dim and size on disk.")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON (a list of objects)")
     p.add_argument("--cache", help="cache folder (default: $EXPLORER_CACHE or ./cache)")
+    p.add_argument("--verify", action="store_true",
+                   help="read every page of every run and check its checksum; name the damaged ones (exit 1)")
     p.set_defaults(func=run)
 
 
@@ -20,6 +23,20 @@ def _size(n: int) -> str:
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
+
+
+def _verify(runs: list[dict]) -> int:
+    """Check every features and projection run page by page; print the damaged ones."""
+    damaged = 0
+    for r in runs:
+        if r["kind"] == "evaluation":
+            continue
+        problem = store.verify(r["path"])
+        r["verified"] = problem is None
+        if problem:
+            damaged += 1
+            print(f"damaged: {r['path']} ({problem}); `extract --verify` recomputes it", file=sys.stderr)
+    return damaged
 
 
 def _blocks(layers) -> str:
@@ -31,9 +48,10 @@ def _blocks(layers) -> str:
 
 def run(args) -> int:
     runs = store.list_runs(args.cache)
+    damaged = _verify(runs) if getattr(args, "verify", False) else 0
     if args.json:
         print(json.dumps(runs, indent=1, default=str))
-        return 0
+        return 1 if damaged else 0
     if not runs:
         print(f"cache {store.cache_dir(args.cache)} is empty: build the demo with `python -m core demo`")
         return 0
@@ -55,4 +73,6 @@ def run(args) -> int:
     widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
-    return 0
+    if getattr(args, "verify", False):
+        print(f"verified: {len(runs) - damaged} intact, {damaged} damaged", file=sys.stderr)
+    return 1 if damaged else 0

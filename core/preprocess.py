@@ -144,7 +144,11 @@ def load_batch(ds, rows, preprocess) -> torch.Tensor:
     (uint8 (1, H, W, 3) -> (1, 3, S, S)), each image from its original size."""
     if originals_are_batches(ds):
         return torch.from_numpy(ds.batch(rows))
-    images = [ds.image(int(i)) for i in rows]
+    return stack_originals([ds.image(int(i)) for i in rows], preprocess)
+
+
+def stack_originals(images: list, preprocess) -> torch.Tensor:
+    """Original uint8 (h, w, 3) images -> one batch, as ``load_batch`` returns it."""
     if len({im.shape for im in images}) == 1:
         return torch.from_numpy(np.stack(images))
     return torch.cat([preprocess(torch.from_numpy(np.ascontiguousarray(im))[None]) for im in images])

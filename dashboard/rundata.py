@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from core import cache as store
 from core.evaluation import prediction_mapping  # one definition, shared with `python -m core evaluate`
 
 
@@ -88,7 +89,7 @@ def build_run_data(run: dict, table) -> RunData:
 
 def read_run(run: dict) -> RunData:
     """Read a features parquet without its embeddings (fast even at 200k rows)."""
-    schema = pq.read_schema(run["path"])
+    schema = store.read_schema(run["path"])  # a file or a sharded run's folder
     cols = [n for n in schema.names if n not in ("embedding", "probs")]
     return build_run_data(run, pq.read_table(run["path"], columns=cols))
 

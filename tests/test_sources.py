@@ -126,9 +126,12 @@ def test_folder_modes_and_broken_files(tmp_path):
     pd.DataFrame({"file": files, "label": [0, 1, 2, 3, 0, 1, 2, 3], "redshift": np.linspace(0, 1, 8)}).to_csv(
         tmp_path / "labels.csv", index=False)
     ds = open_dataset(f"folder:{tmp_path}?image_size=16")
-    assert list(ds.ids) == files[:5]
-    assert {s["file"]: s["reason"] for s in ds.skipped} == {
-        "empty.png": "empty file", "junk.jpg": "unreadable (UnidentifiedImageError)", "gone.png": "missing"}
+    # opening only stats the files; a file that does not decode is skipped when a batch meets it
+    assert list(ds.ids) == files[:5] + ["junk.jpg"]
+    assert {s["file"]: s["reason"] for s in ds.skipped} == {"empty.png": "empty file", "gone.png": "missing"}
+    rows, _, skipped = ds.load_images(np.arange(6))
+    assert rows.tolist() == [0, 1, 2, 3, 4]
+    assert skipped == [{"file": "junk.jpg", "reason": "unreadable (UnidentifiedImageError)"}]
     b = ds.batch(np.arange(5))
     assert b.shape == (5, 16, 16, 3) and b.dtype == np.uint8
     assert "redshift" in ds.metadata.columns

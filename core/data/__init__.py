@@ -9,6 +9,8 @@ A reference is an explicit string, never guessed:
 ``hf:OWNER/NAME``       a Hugging Face dataset by hub id (needs network or HF cache)
 ``hf:LOCAL_DIR``        a ``save_to_disk`` folder or a folder of parquet files
 ``folder:DIR``          images listed in ``DIR/labels.csv`` (``file,label[,...]``)
+``parquet:PATH``        a catalogue: a parquet file or folder with an image column (paths or
+                        bytes) plus label/metadata columns, streamed (see ``catalogue.py``)
 ``fits:DIR``            multi-band FITS cutouts (g, r, z) turned into RGB (see ``fits.py``)
 =====================  ==========================================================
 """
@@ -19,7 +21,7 @@ from urllib.parse import parse_qsl
 
 from .base import GALAXY10_CLASSES, Dataset, SourceError  # noqa: F401
 
-PREFIXES = ("synthetic", "h5", "hf", "folder", "fits")
+PREFIXES = ("synthetic", "h5", "hf", "folder", "fits", "parquet")
 
 
 def split_ref(ref: str, kinds=PREFIXES, what: str = "dataset") -> tuple[str, str, dict]:
@@ -49,7 +51,7 @@ def normalize_ref(ref: str) -> str:
     data gets the same name whatever folder a command ran from."""
     prefix, body, _ = split_ref(ref, kinds=PREFIXES + ("dir", "demo", "timm"), what="reference")
     query = ref.split("?", 1)[1] if "?" in ref else ""
-    local = prefix in ("h5", "folder", "dir", "fits") or (prefix in ("hf", "timm") and Path(body).expanduser().exists())
+    local = prefix in ("h5", "folder", "dir", "fits", "parquet") or (prefix in ("hf", "timm") and Path(body).expanduser().exists())
     if local:
         body = str(Path(body).expanduser().resolve())
     return f"{prefix}:{body}" + (f"?{query}" if query else "")
@@ -87,6 +89,10 @@ def open_dataset(ref: str, **kwargs) -> Dataset:
         from .hf import open_hf
 
         return open_hf(ref, body, **options)
+    if prefix == "parquet":
+        from .catalogue import open_catalogue
+
+        return open_catalogue(ref, Path(body).expanduser(), **options)
     if prefix == "fits":
         from .fits import open_fits
 

@@ -85,6 +85,19 @@ class Dataset:
         assert out.dtype == np.uint8 and out.ndim == 4 and out.shape[-1] == 3, out.shape
         return out
 
+    def load_images(self, rows) -> tuple[np.ndarray, list[np.ndarray], list[dict]]:
+        """(rows that decoded, their images at native size uint8 (h, w, 3), skipped
+        [{"file", "reason"}]). Extraction reads file-by-file sources through this, so
+        one bad image mid-stream is skipped and named, not fatal."""
+        ok, images, skipped = [], [], []
+        for i in np.asarray(rows, dtype=np.int64):
+            try:
+                images.append(self.image(int(i)))
+                ok.append(i)
+            except Exception as e:  # PIL and friends raise many types for broken files
+                skipped.append({"file": str(self.ids[i]), "reason": _reason(e)})
+        return np.asarray(ok, dtype=np.int64), images, skipped
+
     def iter_batches(self, rows, batch_size: int):
         """Yield (rows, uint8 batch) chunks; sources read lazily so memory stays bounded."""
         rows = np.asarray(rows, dtype=np.int64)
@@ -104,6 +117,12 @@ class Dataset:
 
     def class_name(self, label: int) -> str:
         return self.class_names[label] if 0 <= label < len(self.class_names) else "unlabelled"
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, FileNotFoundError):
+        return "missing"
+    return f"unreadable ({type(e).__name__})"
 
 
 def stratified_split(labels: np.ndarray, test_fraction: float = 0.2, seed: int = 42) -> np.ndarray:

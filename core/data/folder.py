@@ -1,7 +1,10 @@
 """`folder:DIR`: image files listed in `DIR/labels.csv` (`file,label[,class_name,...]`).
 
-Any size and mode (grayscale, RGBA, 16-bit, CMYK) becomes uint8 RGB. Files that are
-missing, empty or unreadable are skipped, counted and named; the rest goes on.
+Any size and mode (grayscale, RGBA, 16-bit, CMYK) becomes uint8 RGB. Images are
+decoded lazily, when a batch or a thumbnail needs them: opening a folder only reads
+labels.csv and stats the files (missing and empty files are skipped and named
+there); a file that does not decode is skipped and named by the extraction that
+meets it (``Dataset.load_images``); the rest goes on.
 Extra CSV columns become metadata. An optional `split` column is honoured;
 otherwise every image is in the "test" split (these are images to look at, not
 to train on).
@@ -35,25 +38,23 @@ class FolderDataset(Dataset):
         from PIL import Image
 
         with Image.open(self.files[int(i)]) as img:
+            if img.width == 0 or img.height == 0:
+                raise ValueError("zero-size image")
             return to_rgb_uint8(img)
 
 
-def _check_image(path: Path) -> str | None:
-    """Why this file can't be used, or None if it decodes."""
-    from PIL import Image
-
-    if not path.is_file():
-        return "missing"
-    if path.stat().st_size == 0:
-        return "empty file"
+def _check_file(path: Path) -> tuple[str | None, str]:
+    """(why this file can't be used or None, its stat signature for the fingerprint).
+    Only a stat: decoding waits until the image is needed."""
     try:
-        with Image.open(path) as img:
-            img.load()
-            if img.width == 0 or img.height == 0:
-                return "zero-size image"
-    except Exception as e:  # PIL raises many types for broken files
-        return f"unreadable ({type(e).__name__})"
-    return None
+        st = path.stat()
+    except OSError:
+        return "missing", ""
+    if not path.is_file():
+        return "missing", ""
+    if st.st_size == 0:
+        return "empty file", ""
+    return None, f"{path.name}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def open_folder(ref: str, root: Path, image_size: int | str = 256, class_names: str | None = None,
@@ -71,13 +72,14 @@ def open_folder(ref: str, root: Path, image_size: int | str = 256, class_names: 
         table["label"] = -1
     table["label"] = pd.to_numeric(table["label"], errors="coerce").fillna(-1).astype(np.int64)
 
-    keep, skipped = [], []
+    keep, skipped, stats = [], [], []
     for i, name in enumerate(table["file"].astype(str)):
-        problem = _check_image(root / name)
+        problem, stat = _check_file(root / name)
         if problem:
             skipped.append({"file": name, "reason": problem})
         else:
             keep.append(i)
+            stats.append(stat)
     table = table.iloc[keep].reset_index(drop=True)
     if table.empty:
         raise SourceError(f"no readable images listed in {csv} ({len(skipped)} skipped)")
@@ -91,9 +93,8 @@ def open_folder(ref: str, root: Path, image_size: int | str = 256, class_names: 
 
     h = hashlib.sha256()
     h.update(csv.read_bytes())
-    for f in files:
-        st = f.stat()
-        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for stat in stats:  # the same digest as before decoding became lazy: caches stay valid
+        h.update(stat.encode())
     ds = FolderDataset(
         source=ref,
         class_names=names,

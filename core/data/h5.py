@@ -24,6 +24,9 @@ class H5Dataset(Dataset):
     _file = None
     batches_are_originals = True  # every image is stored at image_size: batches need no resampling
 
+    def __getstate__(self):  # Ray ships the dataset to its actors; each opens its own handle
+        return {k: v for k, v in self.__dict__.items() if k != "_file"}
+
     def _images(self):
         # One handle per process, opened lazily (h5py handles do not survive fork/pickle).
         if self._file is None:

@@ -11,6 +11,7 @@ from core.modes import leakage
 
 from .. import data as D
 from ..figures import confusion_figure, map_figure
+from .attention import cell_attention
 from .common import NO_CELL, Context, chosen_cell, gallery, on_map_select, run_data
 
 SPLIT_NAMES = {"test": "test split", "train": "train split", "all": "all galaxies"}
@@ -97,6 +98,7 @@ def confusion_view(ctx: Context) -> None:
         st.caption(f"{verdict.capitalize()}, {SPLIT_NAMES[split]}, most confident first"
                    + (f"; showing 24 of {len(cell_pos):,}." if len(cell_pos) > 24 else "."))
         gallery(ctx, cell_pos, key="cell")
+        cell_attention(ctx, cell_pos)
     st.divider()
     s1, s2 = st.columns(2)
     with s1:

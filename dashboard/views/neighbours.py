@@ -6,6 +6,7 @@ import numpy as np
 import streamlit as st
 
 from .. import data as D
+from .attention import attention_panel
 from .common import Context, embeddings, gallery, run_data
 
 
@@ -39,6 +40,7 @@ def neighbours_view(ctx: Context) -> None:
     row = int(ctx.data.frame["row"].iloc[hits[0]])
     st.markdown("**The galaxy**")
     gallery(ctx, hits[:1], key="focus", neighbours_button=False)
+    attention_panel(ctx, row, key="nb-att")
 
     from .find import encoder_runs
 
