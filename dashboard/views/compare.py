@@ -9,6 +9,7 @@ import streamlit as st
 
 from .. import data as D
 from ..figures import colour_options, map_figure
+from .bigmap import big_map, wants_big_map
 from .common import Context, map_xy, on_map_select, run_data
 from .map import marked_positions, selection_panel
 
@@ -43,10 +44,13 @@ def compare_view(ctx: Context) -> None:
                 continue
             sub = replace(ctx, run=run, data=data, projection=projection, xy=xy)
             colour = ctx.colour_by if ctx.colour_by in colour_options(data) else "true class"
-            fig = map_figure(data, xy, colour, ctx.highlight, marked_positions(sub), height=500,
-                             show_legend=run is tuned)
-            st.plotly_chart(fig, key=key, on_select=partial(on_map_select, key, ctx.dataset),
-                            selection_mode=("points", "box", "lasso"), config={"displaylogo": False})
+            if wants_big_map(sub):  # large runs: the WebGL map (views/bigmap.py)
+                big_map(replace(sub, colour_by=colour), marked_positions(sub), height=500, key=key, stars=False)
+            else:
+                fig = map_figure(data, xy, colour, ctx.highlight, marked_positions(sub), height=500,
+                                 show_legend=run is tuned)
+                st.plotly_chart(fig, key=key, on_select=partial(on_map_select, key, ctx.dataset),
+                                selection_mode=("points", "box", "lasso"), config={"displaylogo": False})
             q = (projection or {}).get("quality") or {}
             fq = (projection or {}).get("feature_quality") or {}
             numbers = [("kNN preservation", q.get("knn_preservation")), ("trustworthiness", q.get("trustworthiness")),
