@@ -142,7 +142,9 @@ def test_compare_view_shows_per_class_knn_generic_vs_finetuned(demo_cache, monke
     at.run()
     assert not at.exception and not at.error
     assert any("Which classes finetuning separated" in m.value for m in at.markdown)
-    table = at.dataframe(key="cmp_class_knn").value
+    tables = [d.value for d in at.dataframe if "finetuned kNN" in d.value.columns]
+    assert len(tables) == 1
+    table = tables[0]
     assert len(table) == 10 and {"generic kNN", "finetuned kNN", "change"} <= set(table.columns)
     assert table["change"].is_monotonic_decreasing
     assert any("self-supervised" in c.value for c in at.caption)  # says what the generic model is
