@@ -2,6 +2,7 @@
 
     python bench/dashboard.py                 # both sizes, AppTest + Chromium
     python bench/dashboard.py --sizes 17736 --no-browser
+    python bench/dashboard.py --browser       # the large map: 17,736 / 200,000 / 1,000,000 galaxies
 
 Server side: Streamlit's AppTest runs the real script; each interaction is timed
 once cold (first time: may read a file) and then warm (median of repeats: what a
@@ -123,6 +124,13 @@ def main() -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[17736, 200000])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--no-browser", action="store_true")
+    ap.add_argument("--browser", action="store_true", help="the large map in Chromium instead (bench/bigmap_browser.py): "
+                    "first paint, highlight and selection round trips, bytes per point, server RSS")
+    args, _ = ap.parse_known_args()
+    if args.browser:
+        import bigmap_browser  # bench/ is on the path when this file runs as a script
+
+        return bigmap_browser.main([a for a in sys.argv[1:] if a != "--browser"])
     args = ap.parse_args()
     import logging
 

@@ -1,10 +1,12 @@
 """`python -m core demo`: the embedded default, built offline from nothing.
 
-Renders a synthetic Galaxy10-like set, builds three checkpoints of a small
-DINOv2-architecture model — ``generic`` (random init: the stand-in for a
-pretrained model, which cannot be downloaded here), ``head`` (a linear head
-trained on frozen generic features) and ``full`` (every parameter finetuned) —
-extracts their features, evaluates them, computes the default maps (t-SNE, the
+Renders a synthetic Galaxy10-like set and uses three checkpoints of a small
+DINOv2-architecture model: ``generic`` (self-supervised: DINO-pretrained by
+`python -m core pretrain` on other synthetic galaxies, without labels; its
+weights ship in ``core/weights/demo-generic``, the offline stand-in for
+``facebook/dinov2-*``), ``head`` (a linear head trained on frozen generic
+features) and ``full`` (every parameter finetuned from generic). It extracts
+their features, evaluates them, computes the default maps (t-SNE, the
 finetuned maps aligned to the generic one, and PCA), and runs the real DECaLS
 example photos through the same checkpoints when they are present.
 
@@ -20,53 +22,61 @@ from pathlib import Path
 
 from . import cache as store
 from .data import open_dataset
+from .errors import UserError
 
 DATASET = "synthetic:galaxy10?n=3000&size=64&seed=42"
 EXAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "galaxyzoo-decals-examples"
-RECIPE = 1  # bump when the demo's models or training change, so old demo checkpoints are rebuilt
+RECIPE = 2  # bump when the demo's models or training change, so old demo checkpoints are rebuilt
 
-# A 0.83M-parameter DINOv2-architecture ViT: learns the synthetic classes on 2 CPU cores in about a minute.
-MODEL = dict(image_size=64, patch_size=8, hidden_size=128, num_hidden_layers=4, num_attention_heads=4,
-             mlp_ratio=4, layerscale_value=1.0)
+# The generic model: a 0.83M-parameter DINOv2-architecture ViT (64 px, patch 8), DINO-pretrained on
+# synthetic galaxies of another seed; how it was trained is in its folder (COMMAND.md, training_log.json).
+GENERIC_WEIGHTS = Path(__file__).resolve().parent / "weights" / "demo-generic"
+# Head-only: the HF linear classifier (the paper's protocol) on concat(CLS, mean patch token) of the frozen
+# generic model. Its self-supervised features are ill-conditioned (per-dimension spread ~0.04 around means
+# ~0.8), so the linear head needs a large learning rate; one view (no flips) keeps the backbone pass single.
 TRAINING = {
-    "head": dict(mode="head", head="linear", epochs=30, lr=3e-3, batch_size=128, schedule="linear"),
-    "full": dict(mode="full", head="linear", epochs=12, lr=1e-3, batch_size=64, schedule="onecycle",
+    "head": dict(mode="head", head="linear", epochs=100, lr=0.1, batch_size=128, schedule="linear", augment=False),
+    "full": dict(mode="full", head="linear", epochs=8, lr=1e-3, batch_size=64, schedule="onecycle",
                  weight_decay=0.05),
 }
-STAND_IN_NOTE = ("random-init stand-in for a pretrained checkpoint (no hub access offline); with internet "
-                 "access use e.g. hf:facebook/dinov2-base")
+GENERIC_NOTE = ("self-supervised DINOv2-architecture model (0.83M parameters) pretrained with DINO on "
+                "synthetic galaxies without labels: the offline stand-in for facebook/dinov2-*")
 
 
 def _checkpoint_dir(cache, name: str) -> Path:
     return store.cache_dir(cache) / "checkpoints" / "demo" / name
 
 
-def _is_current(path: Path, dataset_fp: str) -> bool:
+def _is_current(path: Path, dataset_fp: str, base_fp: str) -> bool:
+    """A head/full checkpoint built by this recipe on this dataset from this generic model."""
     f = path / "explorer.json"
     if not (path / "config.json").is_file() or not f.is_file():
         return False
     prov = json.loads(f.read_text())
-    return prov.get("demo_recipe") == RECIPE and prov.get("dataset_fingerprint") in (dataset_fp, None)
+    return (prov.get("demo_recipe") == RECIPE and prov.get("dataset_fingerprint") == dataset_fp
+            and prov.get("base_fingerprint") == base_fp)
 
 
-def build_generic(cache, seed: int = 42) -> Path:
-    """The random-init DINOv2-architecture checkpoint, written atomically."""
-    import torch
-    import transformers as tf
+def build_generic(cache, weights: Path = GENERIC_WEIGHTS) -> Path:
+    """The shipped self-supervised checkpoint, copied into the cache (atomically) as ``demo:generic``."""
+    from .models import fingerprint_dir
 
+    if not (weights / "model.safetensors").is_file():
+        raise UserError(f"the demo's generic weights are missing from {weights}: restore them with git, or "
+                        "retrain them with the command in core/weights/demo-generic/COMMAND.md")
     out = _checkpoint_dir(cache, "generic")
-    if _is_current(out, None):
+    source = fingerprint_dir(weights)
+    f = out / "explorer.json"
+    if f.is_file() and json.loads(f.read_text()).get("weights_fingerprint") == source:
         return out
-    torch.manual_seed(seed)
-    model = tf.Dinov2Model(tf.Dinov2Config(**MODEL))
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    proc = {"do_resize": True, "size": {"height": 64, "width": 64}, "resample": 3, "do_rescale": True,
-            "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
-    (tmp / "preprocessor_config.json").write_text(json.dumps(proc, indent=1))
-    (tmp / "explorer.json").write_text(json.dumps(
-        {"mode": "generic", "demo_recipe": RECIPE, "note": STAND_IN_NOTE, "seed": seed}, indent=1))
+    shutil.copytree(weights, tmp, ignore=shutil.ignore_patterns("*.md"))
+    prov = json.loads((weights / "explorer.json").read_text()) if (weights / "explorer.json").is_file() else {}
+    prov.update(mode="generic", demo_recipe=RECIPE, note=GENERIC_NOTE, weights_fingerprint=source,
+                weights=str(weights.relative_to(store.REPO_ROOT)) if weights.is_relative_to(store.REPO_ROOT)
+                else str(weights))
+    (tmp / "explorer.json").write_text(json.dumps(prov, indent=1, default=str))
     return store.replace_dir(tmp, out)
 
 
@@ -80,7 +90,8 @@ def build(cache=None, dataset: str = DATASET, examples: Path | None = EXAMPLES, 
     from .finetune import finetune
     from .mapstore import get_projection
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    if "OMP_NUM_THREADS" not in os.environ:  # an explicit setting wins (busy shared machines: 1 thread)
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
     cache = store.cache_dir(cache)
     t0 = last = time.time()
     timings = {}
@@ -93,11 +104,14 @@ def build(cache=None, dataset: str = DATASET, examples: Path | None = EXAMPLES, 
     ds = open_dataset(dataset)
     step("dataset")
 
-    log("[2/6] checkpoints: generic (random init), head (linear head on frozen features), full (all parameters)")
-    build_generic(cache)
+    log("[2/6] checkpoints: generic (self-supervised, shipped), head (linear head on frozen features), "
+        "full (all parameters)")
+    from .models import fingerprint_dir
+
+    generic_fp = fingerprint_dir(build_generic(cache))
     for name, recipe in TRAINING.items():
         out = _checkpoint_dir(cache, name)
-        if _is_current(out, ds.fingerprint):
+        if _is_current(out, ds.fingerprint, generic_fp):
             log(f"      {name}: cached")
             continue
         finetune(ds, "demo:generic", out=out, device=device, cache=cache, progress=progress, log=log,

@@ -301,7 +301,7 @@ class BatchExtractor:
         return dict(
             kind="features", format=1, **job.info, rows=int(len(job.rows())), has_head=bool(self.n_classes),
             class_names=list(ds.class_names), id2label={str(k): v for k, v in (ck.id2label or {}).items()},
-            size=ck.size_name, head=ck.provenance.get("head"),
+            size=ck.size_name, head=ck.provenance.get("head"), pretraining=ck.provenance.get("method"),
             dtype=str(ck.dtype).replace("torch.", ""), device=_device_name(self.device),
             batch_size=self.batch_size, image_size=list(ck.input_size()), dataset_image_size=ds.image_size,
             skipped=list(ds.skipped), versions=_versions(),

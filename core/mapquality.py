@@ -209,3 +209,28 @@ def feature_space_quality(
         "k": int(k), "points": int(len(y)), "knn_accuracy": float(correct.mean()),
         "silhouette": mean(sil), "silhouette_points": int(len(sample)), "per_class": per_class,
     }
+
+
+def class_knn_change(before: dict, after: dict, names: tuple[str, str] = ("generic", "finetuned")):
+    """Per-class kNN accuracy of two feature spaces of the same galaxies, side by side.
+
+    ``before``/``after``: :func:`feature_space_quality` results (e.g. the generic
+    and the finetuned checkpoint). Returns a DataFrame with one row per class
+    present in either: ``class``, ``n``, ``<names[0]> kNN``, ``<names[1]> kNN``,
+    ``change`` (after - before), largest gain first, so the classes finetuning
+    separated come on top and those that stayed mixed at the bottom.
+    """
+    import pandas as pd
+
+    a = {r["class"]: r for r in before.get("per_class", [])}
+    b = {r["class"]: r for r in after.get("per_class", [])}
+    rows = []
+    for name in list(a) + [c for c in b if c not in a]:
+        x, y = a.get(name, {}).get("knn_accuracy"), b.get(name, {}).get("knn_accuracy")
+        if x is None and y is None:
+            continue
+        rows.append({"class": name, "n": int(max(a.get(name, {}).get("n", 0), b.get(name, {}).get("n", 0))),
+                     f"{names[0]} kNN": x, f"{names[1]} kNN": y,
+                     "change": None if x is None or y is None else y - x})
+    df = pd.DataFrame(rows, columns=["class", "n", f"{names[0]} kNN", f"{names[1]} kNN", "change"])
+    return df.sort_values("change", ascending=False, na_position="last", kind="stable").reset_index(drop=True)

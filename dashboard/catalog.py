@@ -46,10 +46,20 @@ def run_mode(run: dict) -> str:
 
 
 def is_random_stand_in(run: dict) -> bool:
-    """The offline demo's 'generic' checkpoint is randomly initialised, not pretrained."""
+    """An old demo's 'generic' checkpoint: randomly initialised, not pretrained."""
     if run.get("random_init") or run.get("stand_in"):
         return True
+    return is_demo_generic(run) and not run.get("pretraining")
+
+
+def is_demo_generic(run: dict) -> bool:
+    """The offline demo's generic checkpoint (self-supervised since the pretrain verb; random before)."""
     return str(run.get("model", "")).startswith("demo:") and run_mode(run) == "generic"
+
+
+DEMO_GENERIC_NOTE = ("The offline demo's generic checkpoint is a self-supervised DINOv2-architecture model "
+                     "(0.83M parameters) pretrained with DINO on synthetic galaxies without labels: the offline "
+                     "stand-in for facebook/dinov2-*, not the real foundation model.")
 
 
 def checkpoint_label(run: dict) -> str:

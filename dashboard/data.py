@@ -14,8 +14,8 @@ from core.embeddings import read_embeddings
 from core.evaluation import (classification_report, confusion_matrix, knn_neighbours, per_class_delta,
                              prediction_mapping, row_norms, scores_from_confusion)
 
-from .catalog import (FAMILY_NAMES, METHODS, MODE_HELP, MODES, Catalog, checkpoint_label, dataset_label,
-                      is_random_stand_in, model_label, run_mode)
+from .catalog import (DEMO_GENERIC_NOTE, FAMILY_NAMES, METHODS, MODE_HELP, MODES, Catalog, checkpoint_label,
+                      dataset_label, is_demo_generic, is_random_stand_in, model_label, run_mode)
 from .palette import CLASS_COLOURS, EXTRA_COLOURS, class_colour
 from .rundata import MapXY, RunData, align_projection, build_run_data, read_projection, read_run
 from .selection import cell_from_selection, rows_from_selection, selection_csv
@@ -25,7 +25,7 @@ __all__ = [
     "read_embeddings", "classification_report", "confusion_matrix", "knn_neighbours", "per_class_delta",
     "prediction_mapping", "row_norms", "scores_from_confusion",
     "FAMILY_NAMES", "METHODS", "MODE_HELP", "MODES", "Catalog", "checkpoint_label", "dataset_label",
-    "is_random_stand_in", "model_label", "run_mode",
+    "is_random_stand_in", "model_label", "run_mode", "DEMO_GENERIC_NOTE", "is_demo_generic",
     "CLASS_COLOURS", "EXTRA_COLOURS", "class_colour",
     "MapXY", "RunData", "align_projection", "build_run_data", "read_projection", "read_run",
     "cell_from_selection", "rows_from_selection", "selection_csv",

@@ -8,7 +8,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO.parent / "shared" / "data" / "galaxyzoo-decals-examples"
-TEST_TIMEOUT_S = 900.0  # pytest.ini's `timeout`; replaced by the value this run uses in pytest_configure
+TEST_TIMEOUT_S = 1200.0  # pytest.ini's `timeout`; replaced by the value this run uses in pytest_configure
 MARGIN_S = 60.0  # a child process is stopped this long before the test's own timeout
 
 

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,6 +188,88 @@ def test_find_by_uploaded_image(server, tmp_path):
             page.screenshot(path=str(ARTIFACTS / "04-find-upload.png"), full_page=True)
         except Exception:
             page.screenshot(path=str(ARTIFACTS / "failure-upload.png"))
+            print(Path(log).read_text()[-3000:])
+            raise
+        finally:
+            browser.close()
+
+
+# ---------------------------------------------------------------- a 200,000-galaxy run: the WebGL map
+
+BIG_N = 200_000
+MAP_FRAME = "iframe[title*='galaxy_map']"
+# Screen position (in the page) of galaxy i, from the component's own view transform.
+GALAXY_XY = """(i) => { const [sx, sy] = toScreen(S.x[i], S.y[i]); return [sx, sy]; }"""
+
+
+@pytest.fixture(scope="module")
+def big_server(tmp_path_factory):
+    """`streamlit run` on a 200k-galaxy run written by bench/make_big_run.py (4-d features, unscored)."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import make_big_run
+
+    root = tmp_path_factory.mktemp("big-browser")
+    make_big_run.make(root / "cache", rows=BIG_N, dim=4, pca=False, sample=0)
+    proc, url = start_server(root / "cache", root / "server.log")
+    yield url, root / "server.log"
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.mark.slow
+def test_large_map_draws_hovers_and_lasso_fills_the_gallery(big_server):
+    from playwright.sync_api import sync_playwright
+
+    url, log = big_server
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1100})
+        try:
+            page.goto(url)
+            page.wait_for_selector(MAP_FRAME, timeout=60000)
+            frame = next(f for f in page.frames if "galaxy_map" in f.url)
+            frame.wait_for_function("() => window.__bigmap.paints > 0 || window.__bigmap.error", timeout=120000)
+            state = frame.evaluate("() => window.__bigmap")
+            assert state["error"] is None and state["loadedPoints"] == BIG_N, state
+            assert "200,000 galaxies drawn with WebGL" in page.content()
+            # the points really are on the canvas: some pixels are neither white nor transparent
+            painted = frame.evaluate("() => window.__bigmap.inkedPixels()")
+            assert painted > 5000, painted
+
+            # hover a galaxy: its classes at once, its id (from the server) after a short rest
+            box = page.locator(MAP_FRAME).bounding_box()
+            x, y = frame.evaluate(GALAXY_XY, 1234)
+            page.mouse.move(box["x"] + x + 3, box["y"] + y + 3)
+            page.mouse.move(box["x"] + x, box["y"] + y)
+            tip = frame.locator("[data-testid=bigmap-tooltip]")
+            tip.wait_for(state="visible", timeout=10000)
+            assert "true:" in tip.inner_text() and "predicted:" in tip.inner_text()
+            frame.wait_for_function("() => /^J\\d{7}/.test(document.getElementById('tip').innerText)", timeout=30000)
+            page.screenshot(path=str(ARTIFACTS / "05-large-map-hover.png"))
+
+            # lasso around that galaxy -> gallery, per-class counts and CSV on the page, rings on the map
+            frame.click("button[data-mode=lasso]")
+            cx, cy = box["x"] + x, box["y"] + y
+            ring = [(cx + 40 * np.cos(a), cy + 40 * np.sin(a)) for a in np.linspace(0, 2 * np.pi, 13)]
+            page.mouse.move(*ring[0])
+            page.mouse.down()
+            for p in ring[1:]:
+                page.mouse.move(*p, steps=3)
+            page.mouse.up()
+            page.get_by_text("Selected galaxies:").wait_for(timeout=60000)
+            page.get_by_text("Download selection (CSV)").wait_for(timeout=10000)
+            page.wait_for_function("() => document.querySelectorAll('[data-testid=stImage] img').length > 0",
+                                   timeout=30000)
+            frame.wait_for_function("() => window.__bigmap.ringsShown > 0", timeout=30000)
+            page.wait_for_timeout(500)
+            page.screenshot(path=str(ARTIFACTS / "06-large-map-lasso.png"), full_page=True)
+            assert "Traceback" not in page.content()
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / "failure-large-map.png"))
             print(Path(log).read_text()[-3000:])
             raise
         finally:

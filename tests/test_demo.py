@@ -3,7 +3,9 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from core import cache as store
 from tests.conftest import REPO, subprocess_timeout
@@ -36,8 +38,11 @@ def test_demo_builds_everything_the_dashboard_needs(demo_cache):
     evals = {r["features_run"]: r for r in runs if r["kind"] == "evaluation"}
     f1_full = evals[synthetic["demo:full"]["key"]]["macro_f1"]
     f1_head = evals[synthetic["demo:head"]["key"]]["macro_f1"]
-    assert f1_full >= 0.6, f1_full  # the full finetune genuinely learns
-    assert f1_head < f1_full  # head-only on random-init features is worse
+    # issue 10's targets (measured: head 0.63, full 0.80, generic kNN 0.664, README); the bounds
+    # leave a little room for float noise from other thread counts
+    assert f1_full >= 0.76, f1_full  # the full finetune genuinely learns
+    assert f1_head >= 0.53, f1_head  # the self-supervised generic features already carry the classes
+    assert 0.10 <= f1_full - f1_head <= 0.35, (f1_full, f1_head)  # the paper's DINOv2: 0.25
     summary = json.loads((cache / "evaluations" / "summary.json").read_text())
     assert any(abs(row["delta_f1"] - (f1_full - f1_head)) < 1e-9 for row in summary["delta_f1"])
 
@@ -45,6 +50,7 @@ def test_demo_builds_everything_the_dashboard_needs(demo_cache):
     tsne = {r["features_run"]: r for r in maps if r["method"] == "tsne"}
     g, f = tsne[synthetic["demo:generic"]["key"]], tsne[synthetic["demo:full"]["key"]]
     assert f["aligned_to"] == synthetic["demo:generic"]["key"] and g["aligned_to"] is None
+    assert g["feature_quality"]["knn_accuracy"] >= 0.64, g["feature_quality"]  # generic already groups galaxies
     # generic and full maps differ visibly: classes separate after finetuning
     assert f["feature_quality"]["silhouette"] > g["feature_quality"]["silhouette"] + 0.1
     assert f["feature_quality"]["knn_accuracy"] > g["feature_quality"]["knn_accuracy"] + 0.1
@@ -86,3 +92,61 @@ def test_dashboard_places_the_real_photos_in_the_demo_map(demo_cache, monkeypatc
     fig = _json.loads(at.get("plotly_chart")[0].proto.spec)
     stars = [t for t in fig["data"] if t.get("marker", {}).get("symbol") == "star"]
     assert len(stars) == 1 and "true:" in stars[0]["hovertext"][0]
+
+
+@pytest.mark.slow
+def test_generic_model_was_pretrained_without_labels_on_other_galaxies():
+    """The shipped demo:generic weights: DINO, labels unused, on a synthetic set sharing no image with the demo's."""
+    import hashlib
+
+    from core.data import open_dataset
+    from core.demo import DATASET, GENERIC_WEIGHTS
+
+    prov = json.loads((GENERIC_WEIGHTS / "explorer.json").read_text())
+    assert prov["labels_used"] is False and prov["method"].startswith("DINO") and prov["mode"] == "generic"
+    assert (GENERIC_WEIGHTS / "model.safetensors").stat().st_size < 8 << 20  # a few MB in git
+    assert "python -m core pretrain" in (GENERIC_WEIGHTS / "COMMAND.md").read_text()
+    pretrain_set, demo_set = open_dataset(prov["dataset"]), open_dataset(DATASET)
+    assert pretrain_set.fingerprint == prov["dataset_fingerprint"]
+
+    def digests(ds):
+        out = set()
+        for _, batch in ds.iter_batches(ds.rows(), 500):
+            out.update(hashlib.sha1(img.tobytes()).hexdigest() for img in batch)
+        return out
+
+    seen = digests(pretrain_set)
+    assert len(seen) == len(pretrain_set)  # all distinct, so the check below is about images, not hashes
+    assert not seen & digests(demo_set), "a demo galaxy was in the pretraining set"
+
+
+def test_class_knn_change_puts_what_finetuning_separated_on_top():
+    from core.mapquality import class_knn_change, feature_space_quality
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat([0, 1, 2], 40)
+    before = rng.normal(size=(120, 4))  # nothing separated
+    after = before.copy()
+    after[labels == 1] += 10  # finetuning pulled class 1 out; 0 and 2 stay mixed
+    table = class_knn_change(feature_space_quality(before, labels, ["a", "b", "c"]),
+                             feature_space_quality(after, labels, ["a", "b", "c"]))
+    assert list(table.columns) == ["class", "n", "generic kNN", "finetuned kNN", "change"]
+    assert table["class"].iloc[0] == "b" and table["finetuned kNN"].iloc[0] == 1.0
+    assert table["change"].iloc[0] > 0.4 and table["n"].tolist() == [40, 40, 40]
+
+
+def test_compare_view_shows_per_class_knn_generic_vs_finetuned(demo_cache, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("EXPLORER_CACHE", str(demo_cache["cache"]))
+    at = AppTest.from_file(str(REPO / "dashboard" / "app.py"), default_timeout=180).run()
+    at.session_state["view"] = "Compare"
+    at.run()
+    assert not at.exception and not at.error
+    assert any("Which classes finetuning separated" in m.value for m in at.markdown)
+    tables = [d.value for d in at.dataframe if "finetuned kNN" in d.value.columns]
+    assert len(tables) == 1
+    table = tables[0]
+    assert len(table) == 10 and {"generic kNN", "finetuned kNN", "change"} <= set(table.columns)
+    assert table["change"].is_monotonic_decreasing
+    assert any("self-supervised" in c.value for c in at.caption)  # says what the generic model is

@@ -1,6 +1,7 @@
 """Extraction -> parquet cache -> `ls`, through the CLI a user runs."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -184,6 +185,6 @@ def test_every_verb_has_help():
     from core.__main__ import VERBS
 
     top = cli("--help").stdout
-    for verb in VERBS:
-        assert verb in top
+    for verb in VERBS:  # listed with a sentence (beside it, or wrapped below it), not just named
+        assert re.search(rf"^ +{verb}(?: +\w|\n {{6,}}\w)", top, re.M), f"no help line for {verb}:\n{top}"
         assert "usage: python -m core " + verb in cli(verb, "--help").stdout

@@ -53,6 +53,7 @@ def cache(tmp_path_factory):
         yield cache
 
 
+@pytest.mark.slow
 def test_layers_view_curves_cka_and_reading(cache):
     at = AppTest.from_file(APP, default_timeout=120)
     at.query_params["view"] = "Layers"
@@ -72,6 +73,7 @@ def test_layers_view_curves_cka_and_reading(cache):
     assert len(list((cache / "layers").glob("analysis-*.json"))) == 5
 
 
+@pytest.mark.slow
 def test_layers_view_explains_how_to_get_per_layer_features(cache, tmp_path, monkeypatch):
     from tests.dashboard_fixtures import build_cache
 

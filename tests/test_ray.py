@@ -14,6 +14,7 @@ import pytest
 import core.features as features
 from core import cache as store
 from core import shards
+from tests.conftest import subprocess_timeout
 from tests.test_extract import REPO
 from tests.test_shards import QUIET, bad_folder, embeddings
 
@@ -48,6 +49,7 @@ def assert_same_run(got, want):
     assert np.allclose(embeddings(got), embeddings(want), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_ray_engine_matches_in_process(tmp_path, ray_cluster, demo_generic, checkpoints):
     for model in (demo_generic, f"dir:{checkpoints['dinov2-head']}"):
         local, _, _ = features.extract(SYNTHETIC, model, cache=tmp_path / "local", split="test", **QUIET)
@@ -61,6 +63,7 @@ def test_ray_engine_matches_in_process(tmp_path, ray_cluster, demo_generic, chec
     assert sorted(r["rows"] for r in runs) == [400, 400] and all(r["engine"] == "ray" for r in runs)
 
 
+@pytest.mark.slow
 def test_bad_image_skipped_and_named_like_in_process(tmp_path, ray_cluster, checkpoints):
     (tmp_path / "photos").mkdir()
     ref, bad = bad_folder(tmp_path / "photos")
@@ -74,6 +77,7 @@ def test_bad_image_skipped_and_named_like_in_process(tmp_path, ray_cluster, chec
     assert_same_run(store.read_table(path), pq.read_table(local))
 
 
+@pytest.mark.slow
 def test_killed_ray_driver_resumes_with_only_missing_parts(tmp_path, ray_cluster, demo_generic):
     cache = tmp_path / "c"
     dataset = "synthetic:galaxy10?n=600&size=64&seed=7"
@@ -92,7 +96,7 @@ def test_killed_ray_driver_resumes_with_only_missing_parts(tmp_path, ray_cluster
     folder = done[0].parent
     kept = {p.name: p.stat().st_mtime_ns for p in folder.glob("part-*.parquet")}
     assert len(kept) < 10 and not (folder / shards.MANIFEST).exists(), "killed mid-run"
-    r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=subprocess_timeout())
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"{len(kept)} part(s) already done" in r.stdout
     assert f"{600 - 60 * len(kept)} images ->" in r.stdout

@@ -25,6 +25,7 @@ def embeddings(table) -> np.ndarray:
     return np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
 
 
+@pytest.mark.slow
 def test_sharded_run_equals_single_file_and_reads_like_one(tmp_path, checkpoints):
     h5 = write_galaxy10_h5(tmp_path / "g10.h5", n=50)
     model = f"dir:{checkpoints['dinov2-head']}"
@@ -91,6 +92,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_killed_sharded_run_resumes_with_only_missing_parts(tmp_path, checkpoints):
     h5 = write_galaxy10_h5(tmp_path / "g10.h5", n=120)
     cache = tmp_path / "c"

@@ -9,6 +9,7 @@ import streamlit as st
 
 from .. import data as D
 from ..figures import colour_options, map_figure
+from .bigmap import big_map, wants_big_map
 from .common import Context, map_xy, on_map_select, run_data
 from .map import marked_positions, selection_panel
 
@@ -26,6 +27,7 @@ def compare_view(ctx: Context) -> None:
                "in both.")
     method = D.METHODS.get(ctx.method, ctx.method)
     cols = st.columns(2)
+    qualities = []
     for col, run, key in ((cols[0], generic, "cmp_generic"), (cols[1], tuned, "cmp_tuned")):
         with col:
             data = run_data(run)
@@ -38,13 +40,17 @@ def compare_view(ctx: Context) -> None:
             st.markdown(f"**{title}**")
             if xy is None:
                 st.info(f"No {method} map cached for `{run['key']}`.")
+                qualities.append(None)
                 continue
             sub = replace(ctx, run=run, data=data, projection=projection, xy=xy)
             colour = ctx.colour_by if ctx.colour_by in colour_options(data) else "true class"
-            fig = map_figure(data, xy, colour, ctx.highlight, marked_positions(sub), height=500,
-                             show_legend=run is tuned)
-            st.plotly_chart(fig, key=key, on_select=partial(on_map_select, key, ctx.dataset),
-                            selection_mode=("points", "box", "lasso"), config={"displaylogo": False})
+            if wants_big_map(sub):  # large runs: the WebGL map (views/bigmap.py)
+                big_map(replace(sub, colour_by=colour), marked_positions(sub), height=500, key=key, stars=False)
+            else:
+                fig = map_figure(data, xy, colour, ctx.highlight, marked_positions(sub), height=500,
+                                 show_legend=run is tuned)
+                st.plotly_chart(fig, key=key, on_select=partial(on_map_select, key, ctx.dataset),
+                                selection_mode=("points", "box", "lasso"), config={"displaylogo": False})
             q = (projection or {}).get("quality") or {}
             fq = (projection or {}).get("feature_quality") or {}
             numbers = [("kNN preservation", q.get("knn_preservation")), ("trustworthiness", q.get("trustworthiness")),
@@ -54,4 +60,22 @@ def compare_view(ctx: Context) -> None:
             if D.is_random_stand_in(run):
                 st.caption("ℹ️ The offline demo's generic checkpoint is a randomly initialised stand-in, "
                            "not a pretrained model.")
+            elif D.is_demo_generic(run):
+                st.caption("ℹ️ " + D.DEMO_GENERIC_NOTE)
+            qualities.append(fq)
+    class_knn_table(*qualities)
     selection_panel(ctx, key="cmp")
+
+
+def class_knn_table(generic_fq: dict | None, tuned_fq: dict | None) -> None:
+    """Per-class kNN accuracy before and after finetuning (from the maps' recorded feature quality)."""
+    from core.mapquality import class_knn_change
+
+    if not (generic_fq or {}).get("per_class") or not (tuned_fq or {}).get("per_class"):
+        return
+    table = class_knn_change(generic_fq, tuned_fq)
+    st.markdown("**Which classes finetuning separated** · per-class kNN accuracy in the feature space "
+                f"(leave-one-out, k={tuned_fq.get('k', 10)}): the share of a class's galaxies whose nearest "
+                "neighbours mostly share their class. Top: what finetuning separated; bottom: what stayed mixed.")
+    st.dataframe(table, hide_index=True, key="cmp_class_knn", column_config={
+        c: st.column_config.NumberColumn(format="%.2f") for c in table.columns if c not in ("class", "n")})

@@ -12,6 +12,7 @@ import streamlit as st
 
 from .. import data as D
 from ..figures import map_figure
+from .bigmap import big_map, wants_big_map
 from .common import Context, chosen_cell, clear_picked, gallery, log, on_map_select, picked_rows
 
 QUALITY_HELP = {
@@ -52,6 +53,8 @@ def quality_panel(ctx: Context) -> None:
             shown += 1
     if not shown:
         st.caption("No quality numbers were recorded for this map.")
+    if prov.get("layout"):  # e.g. bench/make_big_run.py's stand-in for a t-SNE of a million galaxies
+        st.caption(f"This map is a {prov['layout']}.")
     if prov.get("aligned_to"):
         st.caption("Aligned to the generic map, so the two can be compared side by side.")
     features = prov.get("feature_quality") or {}
@@ -191,8 +194,10 @@ def selection_panel(ctx: Context, key: str = "map") -> None:
         st.button("Clear selection", key=f"{key}-clear", on_click=clear_picked)
     with right:
         order = pos
-        if ctx.data.has_predictions:
-            order = pos[np.argsort(-ctx.data.frame["confidence"].to_numpy()[pos], kind="stable")]
+        if ctx.data.has_predictions:  # the 24 most confident, without sorting a selection of a million
+            conf = ctx.data.frame["confidence"].to_numpy()[pos]
+            top = np.argpartition(-conf, 23)[:24] if len(pos) > 24 else np.arange(len(pos))
+            order = pos[top[np.lexsort((top, -conf[top]))]]
         if len(pos) > 24:
             st.caption(f"First 24 of {len(pos):,}" + (", most confident first" if ctx.data.has_predictions else "")
                        + "; the CSV lists them all.")
@@ -208,10 +213,14 @@ def map_view(ctx: Context) -> None:
         return
     left, right = st.columns([5, 1])
     with left:
-        fig = map_figure(ctx.data, ctx.xy, ctx.colour_by, ctx.highlight, marked_positions(ctx))
-        overlay_other_datasets(ctx, fig)
-        st.plotly_chart(fig, key="map_chart", on_select=partial(on_map_select, "map_chart", ctx.dataset),
-                        selection_mode=("points", "box", "lasso"), config={"scrollZoom": True, "displaylogo": False})
+        if wants_big_map(ctx):  # large runs: WebGL fed binary columns (views/bigmap.py)
+            big_map(ctx, marked_positions(ctx))
+        else:
+            fig = map_figure(ctx.data, ctx.xy, ctx.colour_by, ctx.highlight, marked_positions(ctx))
+            overlay_other_datasets(ctx, fig)
+            st.plotly_chart(fig, key="map_chart", on_select=partial(on_map_select, "map_chart", ctx.dataset),
+                            selection_mode=("points", "box", "lasso"),
+                            config={"scrollZoom": True, "displaylogo": False})
     with right:
         quality_panel(ctx)
         st.metric("galaxies", f"{ctx.data.n:,}")

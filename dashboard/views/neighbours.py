@@ -62,6 +62,8 @@ def neighbours_view(ctx: Context) -> None:
                        f"{metric} distance {dist.min():.3g}–{dist.max():.3g}.")
             if D.is_random_stand_in(run):
                 st.caption("ℹ️ This generic checkpoint is the offline demo's random-init stand-in.")
+            elif D.is_demo_generic(run):
+                st.caption("ℹ️ " + D.DEMO_GENERIC_NOTE)
             if D.run_mode(run) == "head":
                 st.caption("Head-only finetuning leaves the features unchanged, so these match the generic ones.")
             gallery(ctx, idx, key=f"nb-{run['key']}", data=data, columns=4, limit=k)

@@ -43,6 +43,8 @@ def sidebar(cache, catalog: D.Catalog) -> Context:
     if D.is_random_stand_in(run):
         sb.info("This generic checkpoint is the offline demo's stand-in: a randomly initialised network, "
                 "not a pretrained foundation model. Expect little structure in its map.", icon="ℹ️")
+    elif D.is_demo_generic(run):
+        sb.info(D.DEMO_GENERIC_NOTE, icon="ℹ️")
 
     cached = catalog.projection_methods(run["key"])
     methods = list(D.METHODS)

@@ -1,0 +1,263 @@
+"""The large map in headless Chromium: what a user waits for at 17,736, 200,000
+and 1,000,000 galaxies (run through `python bench/dashboard.py --browser`).
+
+    python bench/dashboard.py --browser                        # all three sizes
+    python bench/dashboard.py --browser --sizes 17736 --work /tmp/bigmap-runs
+
+Each size is a run written by bench/make_big_run.py (kept under --work and
+reused: a million rows take a few minutes to write and score). For each size,
+`streamlit run` serves the dashboard and Chromium (SwiftShader WebGL2 on this
+GPU-less machine) opens it:
+
+- first paint: navigation -> every galaxy drawn (the component's own counter,
+  after a GPU readback); first visit (cold server caches) and second visit;
+- class highlight round trip: Enter in the sidebar's "Highlight classes" ->
+  the map shows Disturbed in colour and the rest grey (and back);
+- selection round trip: a box / lasso dragged on the map -> "Selected galaxies"
+  on the page and the selection ringed on the map (and Clear selection);
+- bytes per galaxy: the binary columns fetched from /media/ (what the map
+  itself fetched, and all media responses) plus everything on the websocket
+  while loading, divided by the number of galaxies (the page's own JavaScript
+  and fonts are not counted: they do not grow with the map);
+- server RSS: the streamlit process's resident and peak memory (Linux /proc).
+
+Baseline in the same run: the Plotly map (the renderer below
+EXPLORER_BIG_MAP_POINTS) at the sizes given by --plotly-sizes, first paint and
+highlight, so the numbers come as ratios too. Results: bench/results/bigmap-browser.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+RESULTS = REPO / "bench" / "results" / "bigmap-browser.json"
+GOALS_1M = {"first paint (s)": 10, "round trip (s)": 2, "bytes per galaxy": 16, "server peak RSS (GB)": 3}
+FRAME = "iframe[title*='galaxy_map']"
+PLOTLY_DRAWN = """(n) => [...document.querySelectorAll('.js-plotly-plot')].some(gd => gd._fullData
+    && gd.querySelector('canvas') && gd._fullData.reduce((s, t) => s + (t._length || 0), 0) >= n)"""
+PLOTLY_GREY = """(on) => [...document.querySelectorAll('.js-plotly-plot')].some(gd => gd._fullData
+    && gd._fullData.some(t => (t.name || '').startsWith('other classes')) === on)"""
+
+
+def big_run(work: Path, n: int) -> Path:
+    """The cache of an n-galaxy run, written once by make_big_run and reused."""
+    import make_big_run
+
+    cache = work / str(n) / "cache"
+    if not list((cache / "features").glob("*.parquet")):
+        make_big_run.make(cache, rows=n)
+    return cache
+
+
+def rss(pid: int) -> dict:
+    """Resident and peak resident memory of a process, GB (Linux)."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            out[line.split(":")[0]] = int(line.split()[1]) / 1024**2
+    return {"server RSS (GB)": round(out.get("VmRSS", 0), 3), "server peak RSS (GB)": round(out.get("VmHWM", 0), 3)}
+
+
+class Wire:
+    """Bytes the page receives: the websocket (Streamlit's messages) and /media/ files."""
+
+    def __init__(self, page):
+        self.ws = 0
+        self.media = 0
+        page.on("websocket", lambda ws: ws.on("framereceived", self._frame))
+        page.on("response", self._response)
+
+    def _frame(self, payload):
+        self.ws += len(payload)
+
+    def _response(self, response):
+        if "/media/" in response.url and "/static/" not in response.url:  # not the page's fonts
+            try:
+                self.media += len(response.body())
+            except Exception:  # a response the page dropped
+                pass
+
+
+def map_frame(page):
+    page.wait_for_selector(FRAME, timeout=300_000)
+    for _ in range(100):
+        frames = [f for f in page.frames if "galaxy_map" in f.url]
+        if frames:
+            return frames[0]
+        page.wait_for_timeout(50)
+    raise RuntimeError("the map's frame did not appear")
+
+
+def open_page(browser, url: str, n: int, renderer: str) -> tuple:
+    """(page, frame or None, wire, seconds to first paint, seconds to the page shell)."""
+    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    wire = Wire(page)
+    t = time.perf_counter()
+    page.goto(url)
+    page.get_by_text("Galaxy embedding explorer").first.wait_for(timeout=300_000)
+    shell = time.perf_counter() - t
+    frame = None
+    if renderer == "webgl":
+        frame = map_frame(page)
+        frame.wait_for_function("() => window.__bigmap && (window.__bigmap.paints > 0 || window.__bigmap.error)",
+                                timeout=600_000, polling=50)
+        error = frame.evaluate("() => window.__bigmap.error")
+        if error:
+            raise RuntimeError(f"the map failed: {error}")
+    else:
+        page.wait_for_function(PLOTLY_DRAWN, arg=n, timeout=600_000, polling=50)
+    return page, frame, wire, time.perf_counter() - t, shell
+
+
+def highlight(page, frame, on: bool, renderer: str) -> float:
+    """Seconds from choosing (or removing) Disturbed in "Highlight classes" to the map showing it."""
+    box = page.locator("[data-testid=stSidebar] [data-testid=stMultiSelect] input").first
+    box.click()
+    if on:
+        page.keyboard.type("Disturbed")
+    t = time.perf_counter()
+    page.keyboard.press("Enter" if on else "Backspace")
+    if renderer == "webgl":
+        frame.wait_for_function("(h) => window.__bigmap.highlight === h", arg="1" if on else "", timeout=120_000,
+                                polling=20)
+    else:
+        page.wait_for_function(PLOTLY_GREY, arg=on, timeout=120_000, polling=20)
+    seconds = time.perf_counter() - t
+    page.keyboard.press("Escape")
+    return seconds
+
+
+def select(page, frame, shape: str) -> float:
+    """Seconds from releasing a box / lasso on the map to the gallery heading and the rings."""
+    frame.click(f"button[data-mode={shape}]")
+    b = page.locator(FRAME).bounding_box()
+    at = lambda fx, fy: (b["x"] + b["width"] * fx, b["y"] + b["height"] * fy)  # noqa: E731
+    path = ([at(0.35, 0.35), at(0.6, 0.6)] if shape == "box" else
+            [at(0.4 + 0.15 * math.cos(a * math.pi / 4), 0.5 + 0.2 * math.sin(a * math.pi / 4)) for a in range(9)])
+    page.mouse.move(*path[0])
+    page.mouse.down()
+    for p in path[1:]:
+        page.mouse.move(*p, steps=4)
+    t = time.perf_counter()
+    page.mouse.up()
+    page.get_by_text("Selected galaxies:").wait_for(timeout=120_000)
+    frame.wait_for_function("() => window.__bigmap.ringsShown > 0", timeout=120_000, polling=20)
+    return time.perf_counter() - t
+
+
+def clear(page, frame) -> float:
+    t = time.perf_counter()
+    page.get_by_role("button", name="Clear selection").click()
+    page.get_by_text("Selected galaxies:").wait_for(state="detached", timeout=120_000)
+    frame.wait_for_function("() => window.__bigmap.ringsShown === 0", timeout=120_000, polling=20)
+    return time.perf_counter() - t
+
+
+def measure(cache: Path, n: int, renderer: str) -> dict:
+    from playwright.sync_api import sync_playwright
+
+    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, start_server
+
+    os.environ["EXPLORER_BIG_MAP_POINTS"] = "0" if renderer == "webgl" else str(10**9)
+    log = Path(tempfile.mkdtemp()) / "server.log"
+    proc, url = start_server(cache, log)
+    out: dict = {"galaxies": n, "renderer": renderer}
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page, frame, wire, out["first paint, first visit (s)"], _ = open_page(browser, url, n, renderer)
+            page.close()
+            page, frame, wire, out["first paint (s)"], out["page shell shown (s)"] = open_page(browser, url, n, renderer)
+            page.wait_for_timeout(500)
+            out["media bytes per galaxy"] = round(wire.media / n, 2)
+            out["bytes per galaxy"] = round((wire.media + wire.ws) / n, 2)
+            if frame is not None:
+                out["bytes the map fetched per galaxy"] = round(frame.evaluate("() => window.__bigmap.fetchedBytes") / n, 2)
+                out["webgl renderer"] = frame.evaluate("""() => { const gl = document.createElement('canvas')
+                    .getContext('webgl2'); const x = gl && gl.getExtension('WEBGL_debug_renderer_info');
+                    return x ? gl.getParameter(x.UNMASKED_RENDERER_WEBGL) : (gl ? 'webgl2' : 'none'); }""")
+                out["full redraw in the browser (s)"] = round(frame.evaluate("() => window.__bigmap.lastRenderMs") / 1000, 3)
+                at = frame.evaluate("() => [window.__bigmap.argsAt, window.__bigmap.pointsReadyAt, window.__bigmap.firstPaintAt]")
+                out["in the map's frame (s): args arrive, points ready, painted"] = [round(v / 1000, 3) for v in at]
+            trips, ws_bytes = [], []
+            for on in (True, False, True, False):
+                before = wire.ws + wire.media
+                trips.append(highlight(page, frame, on, renderer))
+                page.wait_for_timeout(300)
+                ws_bytes.append(wire.ws + wire.media - before)
+            out["highlight round trip (s)"] = round(statistics.median(trips), 3)
+            out["highlight round trips (s)"] = [round(t, 3) for t in trips]
+            out["bytes per highlight"] = int(statistics.median(ws_bytes))
+            if frame is not None:
+                before = wire.ws + wire.media
+                sel = [select(page, frame, "box")]
+                out["bytes per selection"] = wire.ws + wire.media - before
+                sel.append(clear(page, frame))
+                sel.append(select(page, frame, "lasso"))
+                out["selection round trips (s): box, clear, lasso"] = [round(t, 3) for t in sel]
+                out["selection round trip (s)"] = round(statistics.median(sel), 3)
+            page.close()
+            browser.close()
+        out.update(rss(proc.pid))
+    finally:
+        proc.terminate()
+        proc.wait()
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[17736, 200000, 1000000])
+    ap.add_argument("--plotly-sizes", type=int, nargs="*", default=[17736, 200000],
+                    help="sizes to measure the Plotly map at too, as the baseline (default 17736 200000)")
+    ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "bigmap-runs"),
+                    help="where the runs are written and reused (default /tmp/bigmap-runs)")
+    ap.add_argument("--out", default=str(RESULTS))
+    args = ap.parse_args(argv)
+    import logging
+
+    logging.getLogger("streamlit").setLevel(logging.ERROR)
+    results = []
+    for n in args.sizes:
+        cache = big_run(Path(args.work), n)
+        for renderer in (["plotly"] if n in args.plotly_sizes else []) + ["webgl"]:
+            r = measure(cache, n, renderer)
+            results.append(r)
+            print(json.dumps(r), flush=True)
+    for r in results:
+        base = next((b for b in results if b["renderer"] == "plotly" and b["galaxies"] == r["galaxies"]), None)
+        if base and r is not base:
+            r["vs plotly (same run)"] = {k: round(r[k] / base[k], 3) for k in ("first paint (s)", "highlight round trip (s)",
+                                                                               "bytes per galaxy") if base.get(k)}
+    print(f"\n{'galaxies':>10s} {'renderer':8s} {'paint 1st':>9s} {'paint':>7s} {'highlight':>9s} {'select':>7s} "
+          f"{'B/galaxy':>8s} {'RSS GB':>7s} {'peak':>6s}")
+    for r in results:
+        print(f"{r['galaxies']:>10,d} {r['renderer']:8s} {r['first paint, first visit (s)']:8.2f}s {r['first paint (s)']:6.2f}s "
+              f"{r['highlight round trip (s)']:8.2f}s {r.get('selection round trip (s)', float('nan')):6.2f}s "
+              f"{r['bytes per galaxy']:8.1f} {r['server RSS (GB)']:7.2f} {r['server peak RSS (GB)']:6.2f}")
+    doc = {"created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.node(),
+           "cpus": os.cpu_count(), "command": "python bench/dashboard.py --browser " + " ".join(argv or []),
+           "goals at 1M": GOALS_1M, "results": results,
+           "note": "headless Chromium, software WebGL (SwiftShader), 2 CPU cores shared with other jobs: "
+                   "compare rows of the same run only"}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(args.out).with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=1))
+    tmp.replace(args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

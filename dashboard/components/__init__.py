@@ -1,0 +1,1 @@
+"""Custom Streamlit components (their frontends are plain files, no build step)."""
