@@ -94,7 +94,7 @@ def test_dashboard_places_the_real_photos_in_the_demo_map(demo_cache, monkeypatc
     assert len(stars) == 1 and "true:" in stars[0]["hovertext"][0]
 
 
-@pytest.mark.slow  # renders the 7,000 galaxies of both sets
+@pytest.mark.slow
 def test_generic_model_was_pretrained_without_labels_on_other_galaxies():
     """The shipped demo:generic weights: DINO, labels unused, on a synthetic set sharing no image with the demo's."""
     import hashlib
