@@ -102,7 +102,9 @@ def test_demo_layers_view_and_attention_overlays(demo_cache, monkeypatch):
     text = texts(at)
     assert "Where the models look" in text
     assert "No attention map" not in text  # both demo checkpoints have a CLS token: both maps drawn
-    assert "Random-init stand-in: its attention is not learned." in text
+    # the demo's generic model is pretrained (self-supervised), and the page says so, not "random"
+    assert "Self-supervised demo model (DINO on synthetic galaxies, no labels)" in text
+    assert "Random-init stand-in" not in text
     assert len(list((demo_cache["cache"] / "attention").glob("*.npz"))) == 2  # generic + full, cached
 
 

@@ -66,6 +66,9 @@ def attention_panel(ctx: Context, row: int, key: str) -> None:
                     heads[i % len(heads)].image(png(overlay(maps["crop"], h, 96)), caption=f"head {i + 1}")
             if D.is_random_stand_in(run):
                 st.caption("ℹ️ Random-init stand-in: its attention is not learned.")
+            elif D.is_demo_generic(run):
+                st.caption("ℹ️ Self-supervised demo model (DINO on synthetic galaxies, no labels): "
+                           "attention learned without any class.")
             elif D.run_mode(run) == "head":
                 st.caption("Head-only finetuning leaves the blocks unchanged: the same attention as generic.")
     st.caption("Bright = where the CLS token draws from. Rollout follows the attention through every block, "
