@@ -94,6 +94,8 @@ def test_demo_layers_view_and_attention_overlays(demo_cache, monkeypatch):
     text = texts(at)
     assert "Reading:" in text and "block" in text
     assert len(charts(at)) == 2
+    assert "random-init stand-in" not in text  # the shipped generic model is self-supervised
+    assert "pretrained with DINO on synthetic galaxies without labels" in text
     # Neighbours: the focus galaxy's attention for the generic and the full checkpoint, on the model's crop
     at = AppTest.from_file(APP, default_timeout=180)
     at.query_params["view"] = "Neighbours"

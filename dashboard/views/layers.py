@@ -101,8 +101,12 @@ def layers_view(ctx: Context) -> None:
                f"{first.get('train', 0):,} train galaxies, scored on {first.get('test', 0):,} test galaxies; "
                f"kNN: {first.get('k')} nearest train galaxies by cosine similarity. Features after each {unit}, "
                "before the model's final LayerNorm.")
-    if any(D.is_random_stand_in(r) for r in runs.values()):
+    # the per-layer entries carry no pretraining provenance: ask the features runs they belong to
+    features_runs = [r for r in (ctx.catalog.counterpart(ctx.run, m) for m in runs) if r is not None]
+    if any(D.is_random_stand_in(r) for r in features_runs):
         st.caption("ℹ️ The demo's generic checkpoint is a random-init stand-in, not a pretrained model.")
+    elif any(D.is_demo_generic(r) for r in features_runs):
+        st.caption("ℹ️ " + D.DEMO_GENERIC_NOTE)
     with st.expander("The numbers"):
         table = pd.DataFrame([{"mode": MODE_NAMES.get(m, m), unit: r["layer"], "probe macro F1": r["macro_f1"],
                                "kNN accuracy": r["knn_accuracy"]}
