@@ -125,6 +125,20 @@ def replace_dir(staging: Path, out: Path) -> Path:
     return out
 
 
+@contextlib.contextmanager
+def staged_dir(out):
+    """Yield a fresh staging folder beside ``out``; on success it replaces ``out`` (``replace_dir``),
+    on an error it is removed, so ``out`` is never half-written."""
+    out = Path(out)
+    staging = out.with_name(f".{out.name}.staging-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        yield staging
+        replace_dir(staging, out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 def write_parquet(path, table: pa.Table, provenance: dict) -> Path:
     """Write a whole table atomically with provenance."""
     with AtomicParquetWriter(path, table.schema, provenance) as w:

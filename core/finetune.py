@@ -25,8 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -467,14 +465,9 @@ def _epoch_line(e: dict, epochs: int) -> str:
 
 def _save(ck, out: Path, provenance: dict, history: list) -> None:
     """Checkpoint + training log in a staging folder, renamed over ``out`` in one step."""
-    staging = out.with_name(f".{out.name}.staging-{os.getpid()}-{time.monotonic_ns()}")
-    try:
+    with store.staged_dir(out) as staging:
         ck.save(staging, provenance)
         (staging / "training_log.json").write_text(json.dumps({**provenance, "history": history}, indent=1))
-        store.replace_dir(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- CLI

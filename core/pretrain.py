@@ -25,7 +25,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -396,8 +395,7 @@ def _write_checkpoint(teacher: _Branch, proc: dict, out: Path, provenance: dict,
     """The teacher's backbone (what DINO evaluates) + its head, in a staging folder renamed over ``out``."""
     from safetensors.torch import save_file
 
-    staging = out.with_name(f".{out.name}.staging-{os.getpid()}-{time.monotonic_ns()}")
-    try:
+    with store.staged_dir(out) as staging:
         backbone = copy.deepcopy(teacher.backbone).float().cpu()
         backbone.config.architectures = ["Dinov2Model"]
         backbone.save_pretrained(staging)
@@ -407,10 +405,6 @@ def _write_checkpoint(teacher: _Branch, proc: dict, out: Path, provenance: dict,
         (staging / "explorer.json").write_text(json.dumps(provenance, indent=1, default=str))
         (staging / "training_log.json").write_text(json.dumps({**provenance, "history": history}, indent=1,
                                                               default=str))
-        store.replace_dir(staging, out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- CLI
