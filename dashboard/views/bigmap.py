@@ -10,7 +10,6 @@ per run (cached) and the browser fetches them once per run.
 from __future__ import annotations
 
 import base64
-import json
 import os
 
 import numpy as np
@@ -21,7 +20,7 @@ from .. import pointcloud as PC
 from ..astro import card_lines
 from ..components.bigmap import galaxy_map
 from ..figures import marker_size
-from .common import Context, _map_xy, _mtime, _run_data, _thumbnail, log, set_picked
+from .common import Context, _map_xy, _mtime, _run_data, _thumbnail, set_picked
 
 BIG_MAP_POINTS = int(os.environ.get("EXPLORER_BIG_MAP_POINTS", "10000"))
 EVENT_KEY = "bigmap"
@@ -103,24 +102,12 @@ def hover_info(ctx: Context, key: str = EVENT_KEY) -> dict | None:
 
 def _stars(ctx: Context) -> dict | None:
     """The real photos (another dataset through the same checkpoint) as stars, when asked."""
-    from .map import placed  # the Plotly map's cached placement, shared
+    from .map import placed_other_dataset  # the same toggle and cached placement as the Plotly map
 
-    others = ctx.catalog.placeable(ctx.run) if ctx.projection else []
-    if not others:
+    got = placed_other_dataset(ctx)
+    if got is None:
         return None
-    other = others[0]
-    name = D.dataset_label(other["dataset"])
-    if not st.toggle(f"Place the {other.get('rows', '')} galaxies of {name} in this map", key="place_other",
-                     help="They went through the same checkpoint; each is placed among the galaxies whose "
-                          "features it resembles, without recomputing the map."):
-        return None
-    try:
-        df = placed(str(ctx.cache), ctx.run["key"], ctx.method, other["key"],
-                    json.dumps(ctx.projection.get("params") or {}), ctx.projection.get("aligned_to"))
-    except Exception as e:  # e.g. an older cache without the map; say so and keep the map
-        st.caption(f"Could not place {name}: {type(e).__name__}")
-        log.exception("placing %s failed", other["key"])
-        return None
+    df, other, name = got
     st.caption(f"Stars: {len(df)} galaxies of {name} placed in this map. Each star sits among the galaxies "
                "whose features it resembles most.")
     return PC.star_points(df, ctx.data.class_names, other.get("class_names"))

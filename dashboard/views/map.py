@@ -81,29 +81,38 @@ def placed(cache: str, features_key: str, method: str, other_key: str, params_js
     return df
 
 
-def overlay_other_datasets(ctx: Context, fig) -> None:
-    """Optionally draw another dataset's galaxies (the real DECaLS photos in the demo),
-    run through the same checkpoint, as stars placed into this map."""
+def placed_other_dataset(ctx: Context) -> tuple[pd.DataFrame, dict, str] | None:
+    """Behind a toggle: another dataset's galaxies (the real DECaLS photos in the demo), run through
+    the same checkpoint, placed into this map. Returns (placed rows, their run, dataset label) or None."""
     import json
-
-    import plotly.graph_objects as go
 
     others = ctx.catalog.placeable(ctx.run) if ctx.projection else []
     if not others:
-        return
+        return None
     other = others[0]
     name = D.dataset_label(other["dataset"])
     if not st.toggle(f"Place the {other.get('rows', '')} galaxies of {name} in this map", key="place_other",
                      help="They went through the same checkpoint; each is placed among the galaxies whose "
                           "features it resembles, without recomputing the map."):
-        return
+        return None
     try:
         df = placed(str(ctx.cache), ctx.run["key"], ctx.method, other["key"],
                     json.dumps(ctx.projection.get("params") or {}), ctx.projection.get("aligned_to"))
     except Exception as e:  # e.g. an older cache without the map; say so and keep the map
         st.caption(f"Could not place {name}: {type(e).__name__}")
         log.exception("placing %s failed", other["key"])
+        return None
+    return df, other, name
+
+
+def overlay_other_datasets(ctx: Context, fig) -> None:
+    """Optionally draw another dataset's galaxies as stars placed into this Plotly map."""
+    import plotly.graph_objects as go
+
+    got = placed_other_dataset(ctx)
+    if got is None:
         return
+    df, other, name = got
     names = other.get("class_names") or ctx.data.class_names
     cls = lambda i: names[i] if 0 <= i < len(names) else "unlabelled"  # noqa: E731
     text = [f"{gid}<br>true: {cls(int(t))}" + (f"<br>predicted: {cls(int(p))}" if "pred" in df else "")
