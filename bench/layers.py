@@ -39,11 +39,13 @@ def make_checkpoint(name: str, root: Path) -> str:
     import torch
     import transformers as tf
 
-    from core.demo import MODEL
+    from core.demo import GENERIC_WEIGHTS
 
     kw, px = MODELS[name]
+    if kw is None:  # the demo's own generic model (its committed weights)
+        return f"dir:{GENERIC_WEIGHTS}"
     torch.manual_seed(0)
-    cfg = tf.Dinov2Config(**MODEL) if kw is None else tf.Dinov2Config(image_size=px, **kw)
+    cfg = tf.Dinov2Config(image_size=px, **kw)
     out = root / name
     tf.Dinov2Model(cfg).save_pretrained(out)
     (out / "preprocessor_config.json").write_text(json.dumps({

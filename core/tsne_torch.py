@@ -153,9 +153,10 @@ def _kernel_fft(N: int, h: float, device, dtype) -> torch.Tensor:
     return torch.fft.rfft2(K)
 
 
-def repulsion(Y: torch.Tensor) -> tuple[torch.Tensor, float]:
+def repulsion(Y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Repulsive gradient (n, 2) and Z = sum over pairs i != j of 1 / (1 + |y_i - y_j|^2)
-    (float64), by FFT interpolation on a grid sized to the map."""
+    (a float64 0-d tensor, left on the device: no host sync per iteration), by FFT
+    interpolation on a grid sized to the map."""
     n = len(Y)
     p = N_INTERPOLATION
     lo, hi = (float(v) for v in torch.stack([Y.min(), Y.max()]).tolist())
@@ -177,8 +178,8 @@ def repulsion(Y: torch.Tensor) -> tuple[torch.Tensor, float]:
     pot = pot.reshape(4, N * N).T.contiguous()
     phi = (pot.index_select(0, flat.reshape(-1)).view(n, p * p, 4) * w[:, :, None]).sum(dim=1)  # (n, 4)
     Yd, phid = Y.double(), phi.double()
-    Z = float(((1 + (Yd * Yd).sum(dim=1)) * phid[:, 0] - 2 * (Yd * phid[:, 1:3]).sum(dim=1) + phid[:, 3]).sum()) - n
-    return (Y * phi[:, :1] - phi[:, 1:3]) / Z, Z
+    Z = ((1 + (Yd * Yd).sum(dim=1)) * phid[:, 0] - 2 * (Yd * phid[:, 1:3]).sum(dim=1) + phid[:, 3]).sum() - n
+    return (Y * phi[:, :1] - phi[:, 1:3]) / Z.to(Y.dtype), Z
 
 
 def attraction(Y: torch.Tensor, rows, cols, P) -> torch.Tensor:
@@ -196,7 +197,7 @@ def kl_divergence(Y: torch.Tensor, rows, cols, P) -> float:
     q = 1 / (1 + (diff * diff).sum(dim=1))
     Pd = P.double()
     keep = Pd > 0
-    return float((Pd[keep] * torch.log(Pd[keep] / q[keep])).sum()) + float(Pd.sum()) * math.log(Z)
+    return float((Pd[keep] * torch.log(Pd[keep] / q[keep])).sum()) + float(Pd.sum()) * math.log(float(Z))
 
 
 # ---------------------------------------------------------------- optimisation
@@ -252,8 +253,11 @@ def tsne(X, perplexity: float = 30.0, seed: int = 42, init=None, n_iter: int = 5
     X = np.ascontiguousarray(X, dtype=np.float32)
     n = len(X)
     k = min(n - 1, int(3 * perplexity))
-    idx, d2 = knn(X, k, device=dev.type)
+    searched = {}
+    idx, d2 = knn(X, k, device=dev.type, stats=searched)
     lap("knn")
+    if timings is not None and searched:
+        timings["knn_rows_searched_again"] = searched["rows_searched_again"]
     rows, cols, P = joint_affinities(idx, d2, perplexity, dev)
     lap("affinities")
     if init is None:

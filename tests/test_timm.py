@@ -34,9 +34,11 @@ def timm_models(tmp_path_factory):
     save_for_hf(conv, root / "convnext", model_args=conv_args, safe_serialization=True)
     vit_args = dict(img_size=32, patch_size=8, embed_dim=32, depth=2, num_heads=2)
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **vit_args)
-    save_for_hf(vit, root / "vit", model_args=vit_args, safe_serialization=True,
-                data_config={"input_size": (3, 32, 32), "crop_pct": 1.0, "interpolation": "bicubic",
-                             "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)})
+    # a data config unlike the convnext's; set on the model, which save_for_hf writes in every timm 1.0.x
+    # (its data_config= argument is newer than the timm 1.0.29 on the GPU machine)
+    vit.pretrained_cfg = {**vit.pretrained_cfg, "input_size": (3, 32, 32), "crop_pct": 1.0,
+                          "interpolation": "bicubic", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    save_for_hf(vit, root / "vit", model_args=vit_args, safe_serialization=True)
     return {"convnext": (root / "convnext", conv.eval()), "vit": (root / "vit", vit.eval())}
 
 
