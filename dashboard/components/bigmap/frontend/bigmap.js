@@ -38,7 +38,7 @@ const mark = (name, into = window.__bigmap.marks) => { if (into && !(name in int
 // the rings change) and the overlay (hover ring, box/lasso outline: redrawn as the pointer moves).
 const glCanvas = $("gl"), marks = $("marks"), mctx = marks.getContext("2d"), overlay = $("overlay"),
       octx = overlay.getContext("2d");
-const MAX_SHADED = 100000;  // a bigger ring set is shaded with an even subsample: same picture, bounded cost
+const RING_COLOURS = ["#111111", "#ff00aa"];  // as dashboard/pointcloud.py: the first ring set black, then magenta
 const gl = glCanvas.getContext("webgl2", { antialias: false, premultipliedAlpha: true, preserveDrawingBuffer: false });
 
 function shader(type, src) {
@@ -360,22 +360,48 @@ function frame() {
   if (S.job.length) schedule();
 }
 
+// The ring sets to draw: the server's (a confusion cell, the selection), except that the user's own
+// box/lasso (S.local, computed here) stands for the selection until the server's selection has come.
+function ringsToDraw() {
+  const out = [], local = S.local;
+  for (const ring of S.ringSets || []) {
+    if (ring.selection && local) continue;
+    const pos = S.rings[ring.url];
+    if (pos) out.push({ colour: ring.colour, pos });
+  }
+  if (local) {
+    const sel = (S.ringSets || []).find((r) => r.selection);
+    const others = (S.ringSets || []).filter((r) => !r.selection).length;
+    out.push({ colour: sel ? sel.colour : RING_COLOURS[Math.min(others, 1)], pos: local.pos });
+  }
+  return out;
+}
+
 function drawMarks() {
   mctx.clearRect(0, 0, W(), H());
-  let ringsShown = 0;
-  for (const ring of S.ringSets || []) {
-    const pos = S.rings[ring.url]; if (!pos) continue;
-    mctx.strokeStyle = ring.colour; mctx.fillStyle = ring.colour; mctx.lineWidth = 1.5;
-    const big = pos.length > 4000, r = Math.max(pointSize() * 1.1, 4.5), step = Math.max(1, Math.ceil(pos.length / MAX_SHADED));
+  let ringsShown = 0, img = null;
+  const sets = ringsToDraw();
+  // A big set (a lasso of 100k galaxies) is shading: 3-px squares written straight into pixels (a few ms
+  // for a million, where canvas paths took seconds); small sets are rings drawn on top.
+  for (const { colour, pos } of sets) {
+    if (pos.length <= 4000) continue;
+    if (!img) img = mctx.createImageData(marks.width, marks.height);
+    ringsShown += shade(new Uint32Array(img.data.buffer), marks.width, marks.height, pos, colour);
+  }
+  if (img) mctx.putImageData(img, 0, 0);
+  const r = Math.max(pointSize() * 1.1, 4.5);
+  for (const { colour, pos } of sets) {
+    if (pos.length > 4000) continue;
+    mctx.strokeStyle = colour; mctx.lineWidth = 1.5;
     mctx.beginPath();
-    for (let k = 0; k < pos.length; k += step) {
+    for (let k = 0; k < pos.length; k++) {
       const i = pos[k]; if (i >= S.n) continue;
       const [sx, sy] = toScreen(S.x[i], S.y[i]);
       if (sx < -r || sy < -r || sx > W() + r || sy > H() + r) continue;
-      if (big) mctx.rect(sx - 1.5, sy - 1.5, 3, 3); else { mctx.moveTo(sx + r, sy); mctx.arc(sx, sy, r, 0, 2 * Math.PI); }
+      mctx.moveTo(sx + r, sy); mctx.arc(sx, sy, r, 0, 2 * Math.PI);
       ringsShown++;
     }
-    if (big) { mctx.globalAlpha = 0.45; mctx.fill(); mctx.globalAlpha = 1; } else mctx.stroke();  // a big set: shading
+    mctx.stroke();
   }
   window.__bigmap.ringsShown = ringsShown;
   const stars = S.args && S.args.stars;
@@ -383,6 +409,48 @@ function drawMarks() {
     const [sx, sy] = toScreen(stars.x[k], stars.y[k]);
     star(sx, sy, 7);
   }
+}
+
+function shade(px, w, h, pos, colour) {  // -> how many of pos are on screen
+  const [cr, cg, cb] = hexRgb(colour), rgba = ((115 << 24) | (cb << 16) | (cg << 8) | cr) >>> 0;  // alpha 0.45
+  const v = S.view, d = S.dpr, k = v.ppu * d, ax = (W() / 2 - v.cx * v.ppu) * d, ay = (H() / 2 + v.cy * v.ppu) * d;
+  const half = Math.max(1, Math.round(1.5 * d)), side = 2 * half;
+  let shown = 0;
+  for (let j = 0; j < pos.length; j++) {
+    const i = pos[j]; if (i >= S.n) continue;
+    const x0 = Math.round(ax + S.x[i] * k) - half, y0 = Math.round(ay - S.y[i] * k) - half;
+    if (!(x0 > -side && y0 > -side && x0 < w && y0 < h)) continue;  // off screen (or NaN)
+    shown++;
+    const xa = Math.max(0, x0), xb = Math.min(w, x0 + side), yb = Math.min(h, y0 + side);
+    for (let y = Math.max(0, y0); y < yb; y++) px.fill(rgba, y * w + xa, y * w + xb);
+  }
+  return shown;
+}
+
+// Frame positions inside a polygon [[x, y], ...] in map coordinates, by the even-odd rule (as the server's
+// pointcloud.positions_in_polygon): candidates from the hover grid's cells under its bounding box.
+function pointsInPolygon(poly) {
+  if (!S.grid) buildGrid();
+  const G = S.grid, m = poly.length, px = Float64Array.from(poly, (p) => p[0]), py = Float64Array.from(poly, (p) => p[1]);
+  let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
+  for (let e = 0; e < m; e++) { x0 = Math.min(x0, px[e]); x1 = Math.max(x1, px[e]); y0 = Math.min(y0, py[e]); y1 = Math.max(y1, py[e]); }
+  const c0 = Math.max(0, Math.floor((x0 - G.x0) / G.cw)), c1 = Math.min(G.g - 1, Math.floor((x1 - G.x0) / G.cw));
+  const r0 = Math.max(0, Math.floor((y0 - G.y0) / G.ch)), r1 = Math.min(G.g - 1, Math.floor((y1 - G.y0) / G.ch));
+  let out = new Uint32Array(1024), n = 0;
+  for (let cy = r0; cy <= r1; cy++) for (let cx = c0; cx <= c1; cx++) {
+    const c = cy * G.g + cx;
+    for (let k = G.start[c]; k < G.start[c + 1]; k++) {
+      const i = G.items[k], x = S.x[i], y = S.y[i];
+      if (x < x0 || x > x1 || y < y0 || y > y1) continue;
+      let inside = false;
+      for (let e = 0, f = m - 1; e < m; f = e++) {
+        const ay = py[f], by = py[e];
+        if ((ay > y) !== (by > y) && x < px[f] + (y - ay) * (px[e] - px[f]) / (by - ay)) inside = !inside;
+      }
+      if (inside) { if (n === out.length) { const o = new Uint32Array(2 * n); o.set(out); out = o; } out[n++] = i; }
+    }
+  }
+  return out.subarray(0, n);
 }
 
 function drawOverlay() {  // cheap: runs on every pointer move
@@ -523,7 +591,14 @@ window.addEventListener("mouseup", (e) => {
   if (S.mode === "pan") { viewChanged(); return; }
   let poly = S.shape || [];
   if (poly.length > 120) { const step = poly.length / 120; poly = Array.from({ length: 120 }, (_, k) => poly[Math.floor(k * step)]); }
-  if (poly.length >= 3) send({ event: "select", shape: S.mode, polygon: poly.map(([x, y]) => [+x.toPrecision(7), +y.toPrecision(7)]) });
+  if (poly.length < 3) return;
+  poly = poly.map(([x, y]) => [+x.toPrecision(7), +y.toPrecision(7)]);
+  // the selection at once, computed here; the server answers with the same galaxies (its gallery and counts)
+  S.local = { pos: pointsInPolygon(poly), at: performance.now() };
+  window.__bigmap.localSelected = S.local.pos.length;
+  S.marksKey = null;
+  schedule();
+  send({ event: "select", shape: S.mode, polygon: poly });
 });
 overlay.addEventListener("mouseleave", () => { S.hover = -1; S.hoverStar = -1; $("tip").style.display = "none"; drawOverlay(); });
 overlay.addEventListener("wheel", (e) => {
@@ -579,7 +654,14 @@ async function update(args) {
   const points = newPoints ? fetchOnce(args.points_url, "points") : null;
   const colour = newColour ? fetchOnce(args.colour_url, "colour") : null;
   const ringSets = args.rings || [];
-  const rings = Promise.all(ringSets.map((r) => loadRing(r.url)));
+  const answer = !!(B.trip && B.trip.sent && prev);  // the server's answer to an event sent from here
+  const rings = Promise.all(ringSets.map((r) => loadRing(r.url))).then(() => {
+    if (B.trip && prev && !B.trip.rings) B.trip.rings = performance.now();
+    const sel = ringSets.find((r) => r.selection);
+    if (S.local && answer && sel && S.rings[sel.url]) S.local = null;  // the server's selection replaces ours
+    S.marksKey = null;
+    schedule();
+  });
   let redraw = false;
   if (newPoints) {
     status(`loading ${args.n.toLocaleString()} galaxies…`);
@@ -603,11 +685,12 @@ async function update(args) {
     redraw = true;
   }
   if (!prev || prev.point_size !== args.point_size) redraw = true;
-  await rings;
-  if (B.trip && prev) B.trip.rings = performance.now();
   S.ringSets = ringSets;
   S.marksKey = null;  // rings, stars or the highlight may have changed: redraw the marks
-  if (!S.ringSets.some((r) => r.selection)) S.shape = null;
+  // no selection in the server's arguments (nothing was inside, or Clear selection): ours goes too
+  if (S.local && !ringSets.some((r) => r.selection)) S.local = null;
+  if (!S.ringSets.some((r) => r.selection) && !S.local) S.shape = null;
+  if (!ringSets.length && B.trip && prev && !B.trip.rings) B.trip.rings = performance.now();
   if (redraw) startRender();
   if ((S.hover >= 0 || S.hoverStar >= 0) && S.mouse) showTip(...S.mouse);  // the id and image may have come
   schedule();
