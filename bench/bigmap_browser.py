@@ -13,8 +13,9 @@ GPU-less machine) opens it:
   after a GPU readback); first visit (cold server caches) and second visit;
 - class highlight round trip: Enter in the sidebar's "Highlight classes" ->
   the map shows Disturbed in colour and the rest grey (and back);
-- selection round trip: a box / lasso dragged on the map -> "Selected galaxies"
-  on the page and the selection ringed on the map (and Clear selection);
+- selection round trip: a box / lasso dragged on the map -> the selection ringed
+  on the map, "Selected galaxies", the per-class counts and the gallery's images
+  on the page (and Clear selection -> rings and gallery gone);
 - bytes per galaxy: the binary columns fetched from /media/ (what the map
   itself fetched, and all media responses) plus everything on the websocket
   while loading, divided by the number of galaxies (the page's own JavaScript
@@ -189,7 +190,8 @@ def highlight(page, frame, on: bool, renderer: str) -> float:
 
 
 def select(page, frame, shape: str) -> float:
-    """Seconds from releasing a box / lasso on the map to the gallery heading and the rings."""
+    """Seconds from releasing a box / lasso on the map to the rings, the gallery heading, the per-class
+    counts and the gallery's images all shown."""
     frame.click(f"button[data-mode={shape}]")
     b = page.locator(FRAME).bounding_box()
     at = lambda fx, fy: (b["x"] + b["width"] * fx, b["y"] + b["height"] * fy)  # noqa: E731
@@ -205,8 +207,14 @@ def select(page, frame, shape: str) -> float:
     frame.wait_for_function("() => window.__bigmap.ringsShown > 0", timeout=120_000, polling=20)
     ringed = time.perf_counter() - t
     page.get_by_text("Selected galaxies:").wait_for(timeout=120_000)
-    got = {**trip_phases(frame, t0), "rings shown": round(ringed, 3),
-           "gallery heading shown": round(time.perf_counter() - t, 3)}
+    heading = time.perf_counter() - t
+    # the whole answer: the per-class counts and the gallery's first image on the page (a Clear clicked
+    # before then would be timed with the rest of this selection's page still arriving)
+    page.wait_for_function("() => document.querySelector('[data-testid=stDataFrame]') && "
+                           "document.querySelectorAll('[data-testid=stImage] img').length > 0",
+                           timeout=120_000, polling=20)
+    got = {**trip_phases(frame, t0), "rings shown": round(ringed, 3), "gallery heading shown": round(heading, 3),
+           "counts and gallery shown": round(time.perf_counter() - t, 3)}
     return time.perf_counter() - t, got
 
 
