@@ -71,7 +71,7 @@ def handle_event(event, ctx: Context, key: str = EVENT_KEY) -> None:
     rows = ctx.data.frame["row"].to_numpy()
     if kind == "select":
         pos = PC.positions_in_polygon(ctx.xy, event.get("polygon") or [])
-        set_picked(ctx.dataset, rows[pos].tolist())
+        set_picked(ctx.dataset, rows[pos])
     elif kind == "click":
         pos = _position(ctx.data, event.get("pos"))
         if pos is not None:

@@ -145,14 +145,15 @@ def guarded(fn, *args):
 
 # ---------------------------------------------------------------- shared state
 
-def picked_rows(ctx: Context) -> list[int]:
-    """Dataset rows selected on a map (box, lasso or click) for this dataset."""
+def picked_rows(ctx: Context) -> np.ndarray:
+    """Dataset rows selected on a map (box, lasso or click) for this dataset (int64; a lasso on the
+    large map can hold a million, so they stay one array, never a Python list)."""
     p = st.session_state.get("picked")
-    return list(p["rows"]) if p and p.get("dataset") == ctx.dataset else []
+    return np.asarray(p["rows"], dtype=np.int64) if p and p.get("dataset") == ctx.dataset else np.zeros(0, np.int64)
 
 
-def set_picked(dataset: str, rows: list[int]) -> None:
-    st.session_state["picked"] = {"dataset": dataset, "rows": rows}
+def set_picked(dataset: str, rows) -> None:
+    st.session_state["picked"] = {"dataset": dataset, "rows": np.asarray(rows, dtype=np.int64)}
 
 
 def on_map_select(chart_key: str, dataset: str) -> None:

@@ -37,7 +37,7 @@ def marked_positions(ctx: Context, include_picked: bool = True) -> dict[str, np.
         out[f"cell {names[t]} → {names[p]}"] = D.cell_positions(ctx.data.frame, t, p, mask)
     if include_picked:
         rows = picked_rows(ctx)
-        if rows:
+        if len(rows):
             out["selected"] = ctx.data.positions(rows)
     return out
 
@@ -130,7 +130,12 @@ def per_class_structure(ctx: Context) -> None:
     per_class = pd.DataFrame(((ctx.projection or {}).get("feature_quality") or {}).get("per_class") or [])
     if not len(per_class):
         return
-    with st.expander("Which classes form islands, and which scatter? (per class, in feature space)"):
+    # Drawn only once opened (on_change="rerun" makes .open known): a table on a closed expander would make
+    # every first page load fetch and start Streamlit's data-grid code before the map could show.
+    with (exp := st.expander("Which classes form islands, and which scatter? (per class, in feature space)",
+                             key="per-class-structure", on_change="rerun")):
+        if not exp.open:
+            return
         table = per_class.set_index("class")[["n", "knn_accuracy", "silhouette"]].rename(
             columns={"n": "galaxies", "knn_accuracy": "kNN accuracy"}).sort_values("kNN accuracy")
         st.dataframe(table.style.format({"kNN accuracy": "{:.2f}", "silhouette": "{:.2f}"}), width="stretch")
@@ -188,7 +193,7 @@ def missing_projection(ctx: Context) -> None:
 
 def selection_panel(ctx: Context, key: str = "map") -> None:
     rows = picked_rows(ctx)
-    if not rows:
+    if not len(rows):
         st.caption("Drag a box or a lasso on the map (or click a galaxy) to list the galaxies you select.")
         return
     pos = ctx.data.positions(rows)

@@ -18,24 +18,31 @@ const setHeight = (height) => post("streamlit:setFrameHeight", { height });
 const APP_URL = new URLSearchParams(location.search).get("streamlitUrl") || location.origin + "/";
 
 const GREY = [0xc9 / 255, 0xc9 / 255, 0xc9 / 255], GREY_ALPHA = 0.55;
-const CHUNK = 250000;  // points drawn per animation frame, so the page stays responsive while drawing
+const CHUNK = 250000;
+// Up to this many galaxies (and nothing highlighted) the screen is drawn from the points, not composited
+// from the class layers: with software WebGL, 17,736 points draw in ~20 ms where sampling ten
+// full-screen layer textures takes ~100 ms; around 150k points the two cost the same.
+const DIRECT_MAX = 100000;  // points drawn per animation frame, so the page stays responsive while drawing
 
 const $ = (id) => document.getElementById(id);
 const S = {
   args: null, n: 0, x: null, y: null, label: null, pred: null, conf: null, colour: null, order: null,
-  urls: {}, rings: {}, layers: [], view: null, home: null, front: null, job: [], mode: "box",
+  urls: {}, fetches: {}, rings: {}, layers: [], view: null, home: null, front: null, job: [], mode: "box",
   hover: -1, hoverStar: -1, drag: null, shape: null, grid: null, dpr: Math.min(window.devicePixelRatio || 1, 2),
 };
 // What the benchmark and the browser test read (no effect on the page).
+// marks: {phase: ms since this frame opened} of the first load (the benchmark's per-phase breakdown);
+// trip: the same for the last event sent -> the server's answer -> drawn.
 window.__bigmap = { fetchedBytes: 0, loads: performance.now(), paints: 0, lastRenderMs: null, composites: 0, highlight: "", loadedPoints: 0, ringsShown: 0,
-                    events: 0, error: null };
+                    events: 0, error: null, marks: { script: performance.now() }, trip: null };
+const mark = (name, into = window.__bigmap.marks) => { if (into && !(name in into)) into[name] = performance.now(); };
 
 // ------------------------------------------------------------------ WebGL
 // Three stacked canvases: the points (WebGL), marks (rings, stars: redrawn when the view or
 // the rings change) and the overlay (hover ring, box/lasso outline: redrawn as the pointer moves).
 const glCanvas = $("gl"), marks = $("marks"), mctx = marks.getContext("2d"), overlay = $("overlay"),
       octx = overlay.getContext("2d");
-const MAX_SHADED = 100000;  // a bigger ring set is shaded with an even subsample: same picture, bounded cost
+const RING_COLOURS = ["#111111", "#ff00aa"];  // as dashboard/pointcloud.py: the first ring set black, then magenta
 const gl = glCanvas.getContext("webgl2", { antialias: false, premultipliedAlpha: true, preserveDrawingBuffer: false });
 
 function shader(type, src) {
@@ -184,19 +191,19 @@ function nearestPoint(px, py, radiusPx) {
 }
 
 // ------------------------------------------------------------------ data
+// Asked for as a byte range ("bytes=0-": the whole file): Streamlit gzips other media responses on every
+// request (level 5: about 1 s of server CPU per 11 MB of float32 columns, which shrink by only ~10%),
+// but never a 206 answer, so the columns come straight from memory.
 async function fetchBytes(url) {
   const base = APP_URL.endsWith("/") ? APP_URL : APP_URL + "/";
-  const r = await fetch(new URL(url.replace(/^\//, ""), base));
+  const r = await fetch(new URL(url.replace(/^\//, ""), base), { headers: { Range: "bytes=0-" } });
   if (!r.ok) throw new Error(`could not fetch ${url}: HTTP ${r.status}`);
   const buf = await r.arrayBuffer();
   window.__bigmap.fetchedBytes += buf.byteLength;
   return buf;
 }
 
-async function loadPoints(url, n) {
-  status(`loading ${n.toLocaleString()} galaxies…`);
-  window.__bigmap.argsAt = performance.now();  // the first arguments arrived from Streamlit
-  const buf = await fetchBytes(url);
+function decodePoints(buf, n) {
   if (buf.byteLength < 11 * n) throw new Error(`point columns too short: ${buf.byteLength} bytes for ${n} galaxies`);
   S.n = n;
   S.x = new Float32Array(buf, 0, n); S.y = new Float32Array(buf, 4 * n, n);
@@ -216,11 +223,11 @@ async function loadPoints(url, n) {
   for (let c = 0; c < 256; c++) if (counts[c + 1] > counts[c]) S.classRanges.push({ code: c, start: counts[c], count: counts[c + 1] - counts[c] });
   S.grid = null;  // the hover index is built right after the first paint: the map shows sooner
   window.__bigmap.loadedPoints = n;
-  window.__bigmap.pointsReadyAt = performance.now();  // fetched, sorted by class, indexed for hover
+  window.__bigmap.pointsReadyAt = performance.now();  // fetched, sorted by class, uploaded
 }
 
-async function loadColour(url) {
-  const col = new Uint8Array(await fetchBytes(url));
+function decodeColour(buf) {
+  const col = new Uint8Array(buf);
   const sorted = new Uint8Array(S.n);
   for (let k = 0; k < S.n; k++) sorted[k] = col[S.order[k]];
   gl.bindBuffer(gl.ARRAY_BUFFER, colBuf);
@@ -263,9 +270,11 @@ function startRender() {  // draw every point into the back layers, a chunk per 
   schedule();
 }
 
-function drawChunk({ L, start, count }) {
-  const v = S.renderView, t = clipOf(v), size = pointSize() * S.dpr;
-  gl.bindFramebuffer(gl.FRAMEBUFFER, L.back.fbo);
+function drawChunk({ L, start, count }) { drawPoints(L.back.fbo, S.renderView, start, count); }
+
+function drawPoints(fbo, v, start, count) {  // points start..start+count (class-sorted order) into fbo (null: the screen)
+  const t = clipOf(v), size = pointSize() * S.dpr;
+  gl.bindFramebuffer(gl.FRAMEBUFFER, fbo);
   gl.viewport(0, 0, glCanvas.width, glCanvas.height);
   gl.useProgram(pointProg.p);
   gl.uniform2f(pointProg.u.u_scale, t.sx, t.sy);
@@ -304,6 +313,14 @@ function composite() {  // the layers onto the screen: grey ones first, then the
   gl.vertexAttribPointer(0, 2, gl.FLOAT, false, 0, 0);
   gl.disableVertexAttribArray(1);
   const hl = new Set(S.args.highlight || []);
+  if (!hl.size && S.front && S.n <= DIRECT_MAX) {
+    // Nothing highlighted: the layers in class order are exactly every point drawn in class order ("over" is
+    // associative), and for a small map drawing them is cheaper than sampling every layer's texture.
+    drawPoints(null, S.view, 0, S.n);
+    window.__bigmap.composites++;
+    window.__bigmap.highlight = "";
+    return;
+  }
   const grey = (L) => hl.size > 0 && !hl.has(L.code);
   const ordered = [...S.layers.filter(grey), ...S.layers.filter((L) => !grey(L))];
   gl.activeTexture(gl.TEXTURE0);
@@ -322,40 +339,83 @@ function schedule() { if (!pending) { pending = true; requestAnimationFrame(fram
 function frame() {
   pending = false;
   let drawn = 0;
-  while (S.job.length && drawn < CHUNK) { const c = S.job.shift(); drawChunk(c); drawn += c.count; }
+  // Nothing on screen yet (the first paint, a resize): draw every point in this frame; otherwise a chunk
+  // per frame, so pan, zoom and hover stay responsive while a new view is drawn behind the shown one.
+  const budget = S.front ? CHUNK : Infinity;
+  while (S.job.length && drawn < budget) { const c = S.job.shift(); drawChunk(c); drawn += c.count; }
   if (drawn && !S.job.length) {  // this view is complete: make it the front
     for (const L of S.layers) [L.front, L.back] = [L.back, L.front];
     S.front = Object.assign({}, S.renderView);
+    S.frontSeq = (S.frontSeq || 0) + 1;
     gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, new Uint8Array(4));  // wait for the GPU: honest timings
     window.__bigmap.lastRenderMs = performance.now() - S.renderStarted;
-    if (!window.__bigmap.paints) window.__bigmap.firstPaintAt = performance.now();  // ms since the frame opened
+    if (!window.__bigmap.paints) { window.__bigmap.firstPaintAt = performance.now(); mark("points drawn"); }
     if (!S.grid) setTimeout(() => { if (!S.grid) buildGrid(); }, 0);
     window.__bigmap.paints++;
     status(`${S.n.toLocaleString()} galaxies · drawn in ${(window.__bigmap.lastRenderMs / 1000).toFixed(1)} s`
            + " · wheel zooms, double-click resets");
   }
-  composite();
-  drawMarks();
+  // Composite the layers and redraw the marks only when what they show changed (the view, the drawn
+  // layers, the highlight, the rings): with software WebGL each full-screen layer costs milliseconds.
+  const view = S.view ? `${S.view.cx},${S.view.cy},${S.view.ppu}` : "";
+  const shown = `${view}|${S.frontSeq}|${(S.args && S.args.highlight || []).join(",")}`;
+  if (S.front && shown !== S.shownKey) {
+    composite();
+    S.shownKey = shown;
+    if (window.__bigmap.paints === 1 && !("shown" in window.__bigmap.marks)) {
+      gl.readPixels(0, 0, 1, 1, gl.RGBA, gl.UNSIGNED_BYTE, new Uint8Array(4));
+      mark("shown");
+    }
+  }
+  if (view !== S.marksKey) { drawMarks(); S.marksKey = view; }
   drawOverlay();
+  const trip = window.__bigmap.trip;
+  if (trip && trip.rings && !trip.drawn) trip.drawn = performance.now();
   if (S.job.length) schedule();
+}
+
+// The ring sets to draw: the server's (a confusion cell, the selection), except that the user's own
+// box/lasso (S.local, computed here) stands for the selection until the server's selection has come.
+function ringsToDraw() {
+  const out = [], local = S.local;
+  for (const ring of S.ringSets || []) {
+    if (ring.selection && local) continue;
+    const pos = S.rings[ring.url];
+    if (pos) out.push({ colour: ring.colour, pos });
+  }
+  if (local) {
+    const sel = (S.ringSets || []).find((r) => r.selection);
+    const others = (S.ringSets || []).filter((r) => !r.selection).length;
+    out.push({ colour: sel ? sel.colour : RING_COLOURS[Math.min(others, 1)], pos: local.pos });
+  }
+  return out;
 }
 
 function drawMarks() {
   mctx.clearRect(0, 0, W(), H());
-  let ringsShown = 0;
-  for (const ring of S.ringSets || []) {
-    const pos = S.rings[ring.url]; if (!pos) continue;
-    mctx.strokeStyle = ring.colour; mctx.fillStyle = ring.colour; mctx.lineWidth = 1.5;
-    const big = pos.length > 4000, r = Math.max(pointSize() * 1.1, 4.5), step = Math.max(1, Math.ceil(pos.length / MAX_SHADED));
+  let ringsShown = 0, img = null;
+  const sets = ringsToDraw();
+  // A big set (a lasso of 100k galaxies) is shading: 3-px squares written straight into pixels (a few ms
+  // for a million, where canvas paths took seconds); small sets are rings drawn on top.
+  for (const { colour, pos } of sets) {
+    if (pos.length <= 4000) continue;
+    if (!img) img = mctx.createImageData(marks.width, marks.height);
+    ringsShown += shade(new Uint32Array(img.data.buffer), marks.width, marks.height, pos, colour);
+  }
+  if (img) mctx.putImageData(img, 0, 0);
+  const r = Math.max(pointSize() * 1.1, 4.5);
+  for (const { colour, pos } of sets) {
+    if (pos.length > 4000) continue;
+    mctx.strokeStyle = colour; mctx.lineWidth = 1.5;
     mctx.beginPath();
-    for (let k = 0; k < pos.length; k += step) {
+    for (let k = 0; k < pos.length; k++) {
       const i = pos[k]; if (i >= S.n) continue;
       const [sx, sy] = toScreen(S.x[i], S.y[i]);
       if (sx < -r || sy < -r || sx > W() + r || sy > H() + r) continue;
-      if (big) mctx.rect(sx - 1.5, sy - 1.5, 3, 3); else { mctx.moveTo(sx + r, sy); mctx.arc(sx, sy, r, 0, 2 * Math.PI); }
+      mctx.moveTo(sx + r, sy); mctx.arc(sx, sy, r, 0, 2 * Math.PI);
       ringsShown++;
     }
-    if (big) { mctx.globalAlpha = 0.45; mctx.fill(); mctx.globalAlpha = 1; } else mctx.stroke();  // a big set: shading
+    mctx.stroke();
   }
   window.__bigmap.ringsShown = ringsShown;
   const stars = S.args && S.args.stars;
@@ -363,6 +423,48 @@ function drawMarks() {
     const [sx, sy] = toScreen(stars.x[k], stars.y[k]);
     star(sx, sy, 7);
   }
+}
+
+function shade(px, w, h, pos, colour) {  // -> how many of pos are on screen
+  const [cr, cg, cb] = hexRgb(colour), rgba = ((115 << 24) | (cb << 16) | (cg << 8) | cr) >>> 0;  // alpha 0.45
+  const v = S.view, d = S.dpr, k = v.ppu * d, ax = (W() / 2 - v.cx * v.ppu) * d, ay = (H() / 2 + v.cy * v.ppu) * d;
+  const half = Math.max(1, Math.round(1.5 * d)), side = 2 * half;
+  let shown = 0;
+  for (let j = 0; j < pos.length; j++) {
+    const i = pos[j]; if (i >= S.n) continue;
+    const x0 = Math.round(ax + S.x[i] * k) - half, y0 = Math.round(ay - S.y[i] * k) - half;
+    if (!(x0 > -side && y0 > -side && x0 < w && y0 < h)) continue;  // off screen (or NaN)
+    shown++;
+    const xa = Math.max(0, x0), xb = Math.min(w, x0 + side), yb = Math.min(h, y0 + side);
+    for (let y = Math.max(0, y0); y < yb; y++) px.fill(rgba, y * w + xa, y * w + xb);
+  }
+  return shown;
+}
+
+// Frame positions inside a polygon [[x, y], ...] in map coordinates, by the even-odd rule (as the server's
+// pointcloud.positions_in_polygon): candidates from the hover grid's cells under its bounding box.
+function pointsInPolygon(poly) {
+  if (!S.grid) buildGrid();
+  const G = S.grid, m = poly.length, px = Float64Array.from(poly, (p) => p[0]), py = Float64Array.from(poly, (p) => p[1]);
+  let x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
+  for (let e = 0; e < m; e++) { x0 = Math.min(x0, px[e]); x1 = Math.max(x1, px[e]); y0 = Math.min(y0, py[e]); y1 = Math.max(y1, py[e]); }
+  const c0 = Math.max(0, Math.floor((x0 - G.x0) / G.cw)), c1 = Math.min(G.g - 1, Math.floor((x1 - G.x0) / G.cw));
+  const r0 = Math.max(0, Math.floor((y0 - G.y0) / G.ch)), r1 = Math.min(G.g - 1, Math.floor((y1 - G.y0) / G.ch));
+  let out = new Uint32Array(1024), n = 0;
+  for (let cy = r0; cy <= r1; cy++) for (let cx = c0; cx <= c1; cx++) {
+    const c = cy * G.g + cx;
+    for (let k = G.start[c]; k < G.start[c + 1]; k++) {
+      const i = G.items[k], x = S.x[i], y = S.y[i];
+      if (x < x0 || x > x1 || y < y0 || y > y1) continue;
+      let inside = false;
+      for (let e = 0, f = m - 1; e < m; f = e++) {
+        const ay = py[f], by = py[e];
+        if ((ay > y) !== (by > y) && x < px[f] + (y - ay) * (px[e] - px[f]) / (by - ay)) inside = !inside;
+      }
+      if (inside) { if (n === out.length) { const o = new Uint32Array(2 * n); o.set(out); out = o; } out[n++] = i; }
+    }
+  }
+  return out.subarray(0, n);
 }
 
 function drawOverlay() {  // cheap: runs on every pointer move
@@ -457,6 +559,7 @@ function hoverAt(px, py) {
 
 function send(value) {
   window.__bigmap.events++;
+  window.__bigmap.trip = { sent: performance.now() };  // -> args (the server's answer) -> rings -> drawn
   window.__bigmap.lastEvent = value;
   setValue(Object.assign({ seq: Date.now() + Math.random() }, value));
 }
@@ -502,7 +605,14 @@ window.addEventListener("mouseup", (e) => {
   if (S.mode === "pan") { viewChanged(); return; }
   let poly = S.shape || [];
   if (poly.length > 120) { const step = poly.length / 120; poly = Array.from({ length: 120 }, (_, k) => poly[Math.floor(k * step)]); }
-  if (poly.length >= 3) send({ event: "select", shape: S.mode, polygon: poly.map(([x, y]) => [+x.toPrecision(7), +y.toPrecision(7)]) });
+  if (poly.length < 3) return;
+  poly = poly.map(([x, y]) => [+x.toPrecision(7), +y.toPrecision(7)]);
+  // the selection at once, computed here; the server answers with the same galaxies (its gallery and counts)
+  S.local = { pos: pointsInPolygon(poly), at: performance.now() };
+  window.__bigmap.localSelected = S.local.pos.length;
+  S.marksKey = null;
+  schedule();
+  send({ event: "select", shape: S.mode, polygon: poly });
 });
 overlay.addEventListener("mouseleave", () => { S.hover = -1; S.hoverStar = -1; $("tip").style.display = "none"; drawOverlay(); });
 overlay.addEventListener("wheel", (e) => {
@@ -542,30 +652,59 @@ window.addEventListener("message", (event) => {
   });
 });
 
+function fetchOnce(url, label) {  // one request per file, started as soon as its URL is known
+  if (!S.fetches[url]) S.fetches[url] = fetchBytes(url).then((buf) => { mark(label + " fetched"); return buf; });
+  return S.fetches[url];
+}
+
 async function update(args) {
-  const prev = S.args;
+  const prev = S.args, B = window.__bigmap;
+  mark("args");  // the first render message (Streamlit's arguments) arrived
+  if (prev) B.trip = Object.assign(B.trip && !B.trip.args ? B.trip : {}, { args: performance.now() });
   S.args = args;
   if (!prev || prev.height !== args.height) setHeight(args.height);
+  const newPoints = S.urls.points !== args.points_url, newColour = newPoints || S.urls.colour !== args.colour_url;
+  // every file this render needs is asked for at once: points, colour and rings download in parallel
+  const points = newPoints ? fetchOnce(args.points_url, "points") : null;
+  const colour = newColour ? fetchOnce(args.colour_url, "colour") : null;
+  const ringSets = args.rings || [];
+  const answer = !!(B.trip && B.trip.sent && prev);  // the server's answer to an event sent from here
+  const rings = Promise.all(ringSets.map((r) => loadRing(r.url))).then(() => {
+    if (B.trip && prev && !B.trip.rings) B.trip.rings = performance.now();
+    const sel = ringSets.find((r) => r.selection);
+    if (S.local && answer && sel && S.rings[sel.url]) S.local = null;  // the server's selection replaces ours
+    S.marksKey = null;
+    schedule();
+  });
   let redraw = false;
-  if (S.urls.points !== args.points_url) {
-    await loadPoints(args.points_url, args.n);
+  if (newPoints) {
+    status(`loading ${args.n.toLocaleString()} galaxies…`);
+    B.argsAt = performance.now();
+    decodePoints(await points, args.n);
+    delete S.fetches[args.points_url];
+    mark("points decoded");
     S.urls.points = args.points_url; S.urls.colour = null;
     resize();
     S.home = homeView();  // after resize: the home view fits the canvas as shown
     S.view = Object.assign({}, S.home);
     redraw = true;
   }
-  if (S.urls.colour !== args.colour_url) {
+  if (newColour) {
     setPalette(args.colour.palette, args.colour.alpha);
-    await loadColour(args.colour_url);
+    decodeColour(await colour);
+    delete S.fetches[args.colour_url];
+    mark("colour decoded");
     S.urls.colour = args.colour_url;
     legend();
     redraw = true;
   }
   if (!prev || prev.point_size !== args.point_size) redraw = true;
-  S.ringSets = args.rings || [];
-  await Promise.all(S.ringSets.map((r) => loadRing(r.url)));
-  if (!S.ringSets.some((r) => r.selection)) S.shape = null;
+  S.ringSets = ringSets;
+  S.marksKey = null;  // rings, stars or the highlight may have changed: redraw the marks
+  // no selection in the server's arguments (nothing was inside, or Clear selection): ours goes too
+  if (S.local && !ringSets.some((r) => r.selection)) S.local = null;
+  if (!S.ringSets.some((r) => r.selection) && !S.local) S.shape = null;
+  if (!ringSets.length && B.trip && prev && !B.trip.rings) B.trip.rings = performance.now();
   if (redraw) startRender();
   if ((S.hover >= 0 || S.hoverStar >= 0) && S.mouse) showTip(...S.mouse);  // the id and image may have come
   schedule();
