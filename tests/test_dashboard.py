@@ -486,3 +486,25 @@ def test_compare_three_runs_side_by_side(three_runs):
     ok(at.run())
     assert "Nothing to compare" in texts(at) and "add this run as the third map" in texts(at)
 
+
+@pytest.mark.slow
+def test_large_run_says_how_to_get_its_outlier_scores(cache_copy, monkeypatch, capsys):
+    """Above the on-first-view limit the Unusual view says scores come on request and gives the command,
+    with this cache; running that command makes the gallery and the Colour-by options appear."""
+    import shlex
+
+    import dashboard.views.unusual as unusual
+    from core.__main__ import main
+    from core.cache import list_runs
+
+    monkeypatch.setattr(unusual, "AUTO_MAX", 100)  # the fixture's 300 galaxies count as a large run
+    at = view(run_app(), "Unusual")
+    assert "Runs of more than 100 galaxies are scored only on request: score these 300 once" in texts(at)
+    key = next(r["key"] for r in list_runs(cache_copy) if r.get("model") == "demo:full")
+    command = f"python -m core anomalies --run {key} --cache {cache_copy}"
+    assert [c.value for c in at.code] == [command]
+    assert "outlier score (kNN)" not in at.selectbox(key="colour").options and "Most unusual first" not in texts(at)
+    assert main(shlex.split(command)[3:]) == 0 and "weirdest" in capsys.readouterr().out
+    at = view(run_app(), "Unusual")
+    assert "Most unusual first" in texts(at) and "scored only on request" not in texts(at)
+    assert "outlier score (kNN)" in at.selectbox(key="colour").options
