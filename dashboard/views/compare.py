@@ -38,7 +38,7 @@ def compare_view(ctx: Context) -> None:
     method = D.METHODS.get(ctx.method, ctx.method)
     shown = [(generic, "cmp_generic", None), (tuned, "cmp_tuned", generic["key"])]
     if third is not None:
-        shown.append((third, "cmp_third_map", None))  # another model's space: its own map, not aligned
+        shown.append((third, "cmp_third_map", generic["key"]))  # aligned when such a map is cached, else its own
     cols = st.columns(len(shown))
     qualities = []
     for col, (run, key, aligned_to) in zip(cols, shown):
@@ -47,7 +47,7 @@ def compare_view(ctx: Context) -> None:
             projection = ctx.catalog.projection(run["key"], ctx.method, aligned_to)
             xy = map_xy(run, projection)
             title = f"{ctx.label(run)} · {run.get('model')}"
-            if run is third:
+            if run is third and D.model_label(run) != D.model_label(generic):
                 title += f" ({D.model_label(run)})"
             if data.has_predictions:
                 report = D.split_scores(data.frame, data.class_names, D.default_split(data.frame))
