@@ -64,8 +64,11 @@ def compare_view(ctx: Context) -> None:
             if wants_big_map(sub):  # large runs: the WebGL map (views/bigmap.py)
                 big_map(replace(sub, colour_by=colour), marked_positions(sub), height=500, key=key, stars=False)
             else:
-                fig = map_figure(data, xy, colour, ctx.highlight, marked_positions(sub), height=500,
-                                 show_legend=key == shown[-1][1])
+                legend = key == shown[-1][1]
+                fig = map_figure(data, xy, colour, ctx.highlight, marked_positions(sub),
+                                 height=500 + (150 if legend and third is not None else 0), show_legend=legend)
+                if legend and third is not None:  # three narrow columns: the legend under the map, not beside it
+                    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=0, x=0))
                 st.plotly_chart(fig, key=key, on_select=partial(on_map_select, key, ctx.dataset),
                                 selection_mode=("points", "box", "lasso"), config={"displaylogo": False})
             q = (projection or {}).get("quality") or {}
