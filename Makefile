@@ -4,6 +4,8 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PORT   ?= 8501
+CACHE  ?= cache
+CACHE_KINDS := features projections evaluations checkpoints layers anomalies attention splits
 export PIP_DISABLE_PIP_VERSION_CHECK=1
 
 .PHONY: setup demo serve test test-fast chromium bench clean-cache
@@ -38,5 +40,5 @@ bench: setup
 	$(PY) bench/projection.py
 	$(PY) bench/dashboard.py
 
-clean-cache:
-	rm -rf cache/features cache/projections cache/evaluations cache/checkpoints
+clean-cache:  # everything core computed (CACHE=DIR for another cache folder)
+	rm -rf $(addprefix $(or $(CACHE),cache)/,$(CACHE_KINDS))

@@ -253,12 +253,13 @@ def compute_lock(path, timeout: float = 3600):
 def list_runs(cache=None) -> list[dict]:
     """Every complete cached artefact with its provenance, path, size and kind.
 
-    Features and projections come from their parquet footers, evaluations from
-    their JSON; incomplete or corrupt files are left out.
+    Features, projections, per-layer features and outlier scores come from their parquet
+    footers, evaluations from their JSON; incomplete or corrupt files are left out.
     """
     cache = cache_dir(cache)
     runs = []
-    for kind, label in (("features", "features"), ("projections", "projection"), ("layers", "layers")):
+    for kind, label in (("features", "features"), ("projections", "projection"), ("layers", "layers"),
+                        ("anomalies", "anomalies")):
         for p in sorted((cache / kind).glob("*.parquet")):
             if p.name.startswith("."):
                 continue

@@ -8,7 +8,8 @@ from . import cache as store
 
 
 def add_parser(sub):
-    p = sub.add_parser("ls", help="list cached features, projections and evaluations",
+    p = sub.add_parser("ls", help="list cached features, projections, per-layer features, outlier scores "
+                       "and evaluations",
                        description="List every complete cached run with its path, dataset, checkpoint, "
                        "mode, pooling, rows, embedding dim and size on disk.")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON (a list of objects)")
@@ -66,6 +67,11 @@ def run(args) -> int:
         elif r["kind"] == "layers":
             what = f"{r.get('unit')}s {_blocks(r.get('layers'))} of {r.get('features_run')} ({'+'.join(r.get('kinds') or [])})"
             shape = f"{r.get('rows')} x {len(r.get('layers') or [])} {r.get('unit')}(s)"
+        elif r["kind"] == "anomalies":
+            params = r.get("params") or {}
+            what = (f"outlier scores ({'+'.join(r.get('methods') or [])}, k={params.get('k')}) "
+                    f"of {r.get('features_run')}")
+            shape = f"{r.get('rows')} x 2"
         else:
             what = f"evaluation of {r.get('features_run')}  macro F1 {r.get('macro_f1')}"
             shape = ""

@@ -106,12 +106,16 @@ class Catalog:
         return _unique_labels(order, dataset_label)
 
     def models(self, dataset: str) -> list[str]:
-        """Model labels (family · size) with runs on this dataset."""
-        labels = []
+        """Model labels (family · size) with runs on this dataset; models with a finetuned run
+        first (the app opens on the first), otherwise in cache order."""
+        labels, finetuned = [], set()
         for r in self.features:
-            if r["dataset"] == dataset and model_label(r) not in labels:
-                labels.append(model_label(r))
-        return labels
+            if r["dataset"] == dataset:
+                if model_label(r) not in labels:
+                    labels.append(model_label(r))
+                if run_mode(r) != "generic":
+                    finetuned.add(model_label(r))
+        return sorted(labels, key=lambda m: m not in finetuned)
 
     def runs(self, dataset: str, model: str | None = None, mode: str | None = None) -> list[dict]:
         return [r for r in self.features if r["dataset"] == dataset

@@ -90,3 +90,36 @@ def test_cli_lists_the_weirdest_and_ranks_another_run(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "core", "anomalies", "--run", "nope", "--cache", str(tmp_path)],
                          cwd=REPO, capture_output=True, text=True, timeout=subprocess_timeout())
     assert bad.returncode == 2 and "no cached features with key 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_ls_lists_cached_scores_and_clean_cache_removes_them(tmp_path, capsys):
+    """`python -m core ls` (table and --json) lists the cached outlier scores; `make clean-cache`
+    removes them with everything else core computed, and nothing outside those folders."""
+    import json
+    import shutil
+
+    from core.__main__ import main
+
+    X, labels = planted(n=60)
+    key = write_features(tmp_path, X, labels)
+    _, prov = anomaly.get_anomalies(key, tmp_path)
+    assert main(["ls", "--json", "--cache", str(tmp_path)]) == 0
+    listed = [r for r in json.loads(capsys.readouterr().out) if r["kind"] == "anomalies"]
+    path = anomaly.anomalies_path(key, tmp_path)[0]
+    assert len(listed) == 1 and listed[0]["features_run"] == key and listed[0]["path"] == str(path)
+    assert listed[0]["key"] == path.stem and listed[0]["rows"] == len(X) and listed[0]["bytes"] > 0
+    assert main(["ls", "--cache", str(tmp_path)]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("anomalies"))
+    assert path.stem in line and f"outlier scores (knn+iforest, k=10) of {key}" in line and f"{len(X)} x 2" in line
+
+    if shutil.which("make") is None:
+        pytest.skip("make not installed")
+    kinds = ["features", "projections", "evaluations", "checkpoints", "layers", "anomalies", "attention", "splits"]
+    for kind in kinds:
+        (tmp_path / kind).mkdir(exist_ok=True)
+        (tmp_path / kind / "x.bin").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_text("mine")
+    r = subprocess.run(["make", "-s", "clean-cache", f"CACHE={tmp_path}"], cwd=REPO, capture_output=True, text=True,
+                       timeout=subprocess_timeout())
+    assert r.returncode == 0, r.stderr
+    assert not [k for k in kinds if (tmp_path / k).exists()] and (tmp_path / "notes.txt").read_text() == "mine"

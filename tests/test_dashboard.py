@@ -410,3 +410,101 @@ def test_uncached_map_is_computed_and_cached_by_core(cache):
         for r in pca_maps():
             if r["key"] not in before:
                 Path(r["path"]).unlink()
+
+
+ZOOBOT = "timm:hf_hub:mwalmsley/zoobot-encoder-convnext_nano"
+
+
+@pytest.fixture
+def cache_copy(dashboard_cache, tmp_path, monkeypatch):
+    """A copy of the dashboard cache without outlier scores (other tests' first views cache them), for the app."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    shutil.copytree(dashboard_cache, cache, ignore=shutil.ignore_patterns("anomalies"))
+    monkeypatch.setenv("EXPLORER_CACHE", str(cache))
+    return cache
+
+
+@pytest.fixture
+def three_runs(cache_copy):
+    """The dashboard cache plus a galaxy-native encoder's generic run on the same galaxies
+    (a `timm:` ConvNeXt's pooled 640-d features: some class structure, less than the full finetune's),
+    its t-SNE map computed by core."""
+    import numpy as np
+
+    from core import cache as store, mapstore
+    from tests.features_fixtures import write_features
+
+    cache = cache_copy
+    generic = next(r for r in store.list_runs(cache) if r.get("model") == "demo:generic")
+    frame = store.read_table(generic["path"], columns=["row", "id", "split", "label"]).to_pandas()
+    rng = np.random.default_rng(3)
+    labels = frame["label"].to_numpy()
+    centres = rng.normal(0, 1, (len(generic["class_names"]), 640))
+    emb = 1.0 * centres[labels] + rng.normal(0, 1.0, (len(labels), 640))
+    run = write_features(cache, {"row": frame["row"], "id": frame["id"], "split": frame["split"], "label": labels,
+                                 "embedding": emb}, dataset=generic["dataset"], model=ZOOBOT, family="convnext_nano",
+                         size="nano", mode="generic", pooling="pooler", class_names=generic["class_names"])
+    _, prov = mapstore.get_projection(run["key"], "tsne", cache, progress=False)
+    return {"cache": cache, "run": run, "map": prov}
+
+
+@pytest.mark.slow
+def test_compare_three_runs_side_by_side(three_runs):
+    """Generic, finetuned and a galaxy-native encoder on one screen: three maps, titles, numbers, kNN table."""
+    at = view(run_app(), "Compare")
+    assert len(charts(at)) == 2 and at.selectbox(key="cmp_third").value == "none"  # the default stays two maps
+    label = next(o for o in at.selectbox(key="cmp_third").options if ZOOBOT in o)
+    assert label == f"convnext_nano · nano · generic · {ZOOBOT}"
+    at.selectbox(key="cmp_third").select(label)
+    ok(at.run())
+    specs = charts(at)
+    assert len(specs) == 3
+    titles = [m.value for m in at.markdown if str(m.value).startswith("**") and str(m.value).endswith("**")]
+    assert titles[0] == "**generic · demo:generic**"
+    assert titles[1].startswith("**full finetune · demo:full · macro F1 ")
+    assert titles[2] == f"**generic · {ZOOBOT} (convnext_nano · nano)**"
+    fq, q = three_runs["map"]["feature_quality"], three_runs["map"]["quality"]
+    quality = [c.value for c in at.caption if "feature kNN accuracy" in str(c.value)]
+    assert len(quality) == 3
+    assert quality[2] == (f"kNN preservation {q['knn_preservation']:.2f} · trustworthiness {q['trustworthiness']:.2f}"
+                          f" · feature kNN accuracy {fq['knn_accuracy']:.2f} · silhouette {fq['silhouette']:.2f}")
+    table = next(d.value for d in at.dataframe if "finetuned kNN" in d.value.columns)
+    assert list(table.columns) == ["class", "n", "generic kNN", "finetuned kNN", "convnext_nano · nano kNN", "change"]
+    expected = {r["class"]: r["knn_accuracy"] for r in fq["per_class"]}
+    assert table.set_index("class")["convnext_nano · nano kNN"].to_dict() == pytest.approx(expected)
+    assert "`convnext_nano · nano kNN`: the third run's" in texts(at)
+    # a selection is ringed in all three maps; the choice is kept in the URL
+    at.session_state["picked"] = {"dataset": dataset_ref(three_runs["cache"]), "rows": [1, 2, 3]}
+    ok(at.run())
+    assert [s["data"][-1]["name"] for s in charts(at)] == ["selected (3)"] * 3
+    linked = run_app(query={"view": "Compare", "cmp_third": label})  # a copied link reopens all three
+    assert len(charts(linked)) == 3 and linked.selectbox(key="cmp_third").value == label
+    # choosing the encoder itself in the sidebar: nothing to compare, and how to see it beside the others
+    at.selectbox(key="model").select("convnext_nano · nano")
+    ok(at.run())
+    assert "Nothing to compare" in texts(at) and "add this run as the third map" in texts(at)
+
+
+@pytest.mark.slow
+def test_large_run_says_how_to_get_its_outlier_scores(cache_copy, monkeypatch, capsys):
+    """Above the on-first-view limit the Unusual view says scores come on request and gives the command,
+    with this cache; running that command makes the gallery and the Colour-by options appear."""
+    import shlex
+
+    import dashboard.views.unusual as unusual
+    from core.__main__ import main
+    from core.cache import list_runs
+
+    monkeypatch.setattr(unusual, "AUTO_MAX", 100)  # the fixture's 300 galaxies count as a large run
+    at = view(run_app(), "Unusual")
+    assert "Runs of more than 100 galaxies are scored only on request: score these 300 once" in texts(at)
+    key = next(r["key"] for r in list_runs(cache_copy) if r.get("model") == "demo:full")
+    command = f"python -m core anomalies --run {key} --cache {cache_copy}"
+    assert [c.value for c in at.code] == [command]
+    assert "outlier score (kNN)" not in at.selectbox(key="colour").options and "Most unusual first" not in texts(at)
+    assert main(shlex.split(command)[3:]) == 0 and "weirdest" in capsys.readouterr().out
+    at = view(run_app(), "Unusual")
+    assert "Most unusual first" in texts(at) and "scored only on request" not in texts(at)
+    assert "outlier score (kNN)" in at.selectbox(key="colour").options

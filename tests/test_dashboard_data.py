@@ -48,6 +48,16 @@ def test_catalog_groups_runs_like_the_sidebar(catalog):
     assert not D.Catalog.from_runs([])
 
 
+def test_models_with_a_finetuned_run_come_first(catalog):
+    """The app opens on the first model: a generic-only encoder listed earlier (e.g. a `timm:` run whose key
+    sorts first) must not push the model with generic and finetuned runs off the first load."""
+    ref = catalog.datasets()["galaxies"]
+    encoder = {**_run(catalog, "generic"), "key": "0000", "model": "timm:DIR", "family": "convnext_nano",
+               "size": "nano"}
+    cat = D.Catalog.from_runs([encoder, *catalog.features])
+    assert cat.models(ref) == ["DINOv2 · small", "convnext_nano · nano"]
+
+
 def test_labels_and_modes():
     assert D.dataset_label("synthetic:galaxy10?n=3000&size=64") == "galaxy10 (synthetic)"
     assert D.dataset_label("folder:/data/galaxyzoo-decals-examples/") == "galaxyzoo-decals-examples"

@@ -5,6 +5,8 @@ and the outlier-score columns every view can colour by."""
 from __future__ import annotations
 
 import io
+import shlex
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -102,8 +104,14 @@ def unusual_view(ctx: Context) -> None:
                "distance to the 10 nearest galaxies; isolation forest = how quickly random splits isolate it.")
     frame = ctx.data.frame
     if f"meta_{OUTLIER_COLUMNS['knn']}" not in frame:
-        st.info(f"Outlier scores of these {ctx.data.n:,} galaxies are not cached yet.")
-        st.code(f"python -m core anomalies --run {ctx.run['key']}", language="bash")
+        if ctx.data.n > AUTO_MAX:
+            st.info(f"Runs of more than {AUTO_MAX:,} galaxies are scored only on request: score these "
+                    f"{ctx.data.n:,} once with this command (or the button; about a minute or two on a laptop "
+                    "CPU), then the scores are cached and **Colour by** offers them too.")
+        else:
+            st.info(f"The outlier scores of these {ctx.data.n:,} galaxies could not be computed here (the server "
+                    "log says why); this command computes and caches them:")
+        st.code(anomalies_command(ctx), language="bash")
         if st.button("Score them now", key="score-now", type="primary"):
             st.session_state[f"score-{ctx.run['key']}"] = True
             st.rerun()
@@ -135,6 +143,16 @@ def unusual_view(ctx: Context) -> None:
                    "Merging); colour the map by an outlier score to see where they lie.")
     with right:
         other_datasets(ctx)
+
+
+def anomalies_command(ctx: Context) -> str:
+    """The command that scores the selected run, with ``--cache`` unless the cache is the default folder."""
+    from core.cache import REPO_ROOT
+
+    command = f"python -m core anomalies --run {ctx.run['key']}"
+    if Path(ctx.cache).resolve() != (REPO_ROOT / "cache").resolve():
+        command += f" --cache {shlex.quote(str(ctx.cache))}"
+    return command
 
 
 def ranking_csv(data: D.RunData, order, score, layer: str) -> bytes:
