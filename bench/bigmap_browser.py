@@ -165,17 +165,13 @@ def clear(page, frame) -> float:
 
 
 def measure(cache: Path, n: int, renderer: str) -> dict:
-    from playwright.sync_api import sync_playwright
-
-    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, start_server
+    from tests.browser_fixtures import chromium, served
 
     os.environ["EXPLORER_BIG_MAP_POINTS"] = "0" if renderer == "webgl" else str(10**9)
     log = Path(tempfile.mkdtemp()) / "server.log"
-    proc, url = start_server(cache, log)
     out: dict = {"galaxies": n, "renderer": renderer}
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with served(cache, log) as (proc, url):
+        with chromium() as browser:
             page, frame, wire, out["first paint, first visit (s)"], _ = open_page(browser, url, n, renderer)
             page.close()
             page, frame, wire, out["first paint (s)"], out["page shell shown (s)"] = open_page(browser, url, n, renderer)
@@ -208,11 +204,7 @@ def measure(cache: Path, n: int, renderer: str) -> dict:
                 out["selection round trips (s): box, clear, lasso"] = [round(t, 3) for t in sel]
                 out["selection round trip (s)"] = round(statistics.median(sel), 3)
             page.close()
-            browser.close()
         out.update(rss(proc.pid))
-    finally:
-        proc.terminate()
-        proc.wait()
     return out
 
 

@@ -82,40 +82,31 @@ def server_side(cache: Path, repeats: int = 5) -> dict[str, tuple[float, float]]
 
 
 def browser(cache: Path) -> dict[str, float]:
-    from playwright.sync_api import sync_playwright
-
-    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, start_server
+    from tests.browser_fixtures import CHROMIUM, chromium, served
 
     if not Path(CHROMIUM).exists():
         return {}
     log = Path(tempfile.mkdtemp()) / "server.log"
-    proc, url = start_server(cache, log)
     drawn = """(n) => { const gds = [...document.querySelectorAll('.js-plotly-plot')];
         return gds.some(gd => gd._fullData && gd._fullData.some(t => t.type === 'scattergl')
             && gd.querySelector('canvas') && gd._fullData.reduce((s, t) => s + (t._length || 0), 0) >= n); }"""
     out = {}
-    try:
-        with sync_playwright() as pw:
-            b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            for attempt in ("first visit", "second visit (server caches warm)"):
-                page = b.new_page(viewport={"width": 1500, "height": 1000})
+    with served(cache, log) as (_, url), chromium() as b:
+        for attempt in ("first visit", "second visit (server caches warm)"):
+            page = b.new_page(viewport={"width": 1500, "height": 1000})
+            t = time.perf_counter()
+            page.goto(url)
+            page.get_by_text("Galaxy embedding explorer").first.wait_for(timeout=120000)
+            out[f"page shell shown, {attempt}"] = time.perf_counter() - t
+            page.wait_for_function(drawn, arg=1, timeout=120000, polling=20)
+            out[f"map drawn, {attempt}"] = time.perf_counter() - t
+            if attempt.startswith("second"):
                 t = time.perf_counter()
-                page.goto(url)
-                page.get_by_text("Galaxy embedding explorer").first.wait_for(timeout=120000)
-                out[f"page shell shown, {attempt}"] = time.perf_counter() - t
-                page.wait_for_function(drawn, arg=1, timeout=120000, polling=20)
-                out[f"map drawn, {attempt}"] = time.perf_counter() - t
-                if attempt.startswith("second"):
-                    t = time.perf_counter()
-                    page.get_by_role("radiogroup", name="Mode").get_by_text("head", exact=True).click()
-                    page.get_by_text("head-only finetune (").wait_for(timeout=60000)
-                    page.wait_for_function(drawn, arg=1, timeout=60000, polling=20)
-                    out["mode switch -> map redrawn"] = time.perf_counter() - t
-                page.close()
-            b.close()
-    finally:
-        proc.terminate()
-        proc.wait()
+                page.get_by_role("radiogroup", name="Mode").get_by_text("head", exact=True).click()
+                page.get_by_text("head-only finetune (").wait_for(timeout=60000)
+                page.wait_for_function(drawn, arg=1, timeout=60000, polling=20)
+                out["mode switch -> map redrawn"] = time.perf_counter() - t
+            page.close()
     return out
 
 
