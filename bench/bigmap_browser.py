@@ -231,17 +231,13 @@ def clear(page, frame) -> tuple[float, dict]:
 
 
 def measure(cache: Path, n: int, renderer: str) -> dict:
-    from playwright.sync_api import sync_playwright
-
-    from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, start_server
+    from tests.browser_fixtures import chromium, served
 
     os.environ["EXPLORER_BIG_MAP_POINTS"] = "0" if renderer == "webgl" else str(10**9)
     log = Path(tempfile.mkdtemp()) / "server.log"
-    proc, url = start_server(cache, log)
     out: dict = {"galaxies": n, "renderer": renderer, "load average (1, 5, 15 min) before": list(os.getloadavg())}
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with served(cache, log) as (proc, url):
+        with chromium() as browser:
             page, frame, wire, out["first paint, first visit (s)"], _, first = open_page(browser, url, n, renderer)
             out["first paint phases, first visit (s since navigation)"] = first
             page.close()
@@ -291,11 +287,7 @@ def measure(cache: Path, n: int, renderer: str) -> dict:
                 out["selection phases (s since the mouse up / click)"] = got
                 out["selection round trip (s)"] = round(statistics.median(sel), 3)
             page.close()
-            browser.close()
         out.update(rss(proc.pid))
-    finally:
-        proc.terminate()
-        proc.wait()
     return out
 
 

@@ -249,11 +249,17 @@ def engines(args) -> None:
                       created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     finally:
         shutil.rmtree(root, ignore_errors=True)
+    write_results(result, "extract-ray", dev_name, args.out)
+
+
+def write_results(data, prefix: str, dev_name: str, out: str | None = None) -> Path:
+    """Write ``data`` as JSON to ``out``, else bench/results/<prefix>-<device slug>.json."""
     slug = "".join(c if c.isalnum() else "-" for c in dev_name.lower()).strip("-")
-    out = Path(args.out or Path(__file__).parent / "results" / f"extract-ray-{slug}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    print(f"wrote {out}")
+    path = Path(out or Path(__file__).parent / "results" / f"{prefix}-{slug}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1))
+    print(f"wrote {path}")
+    return path
 
 
 def child(args) -> None:
@@ -342,11 +348,7 @@ def main(argv=None):
             print(f"dinov2-base full finetune: {tput:,.0f} img/s (batch {tb}, fwd+bwd+AdamW)", flush=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
-    slug = "".join(c if c.isalnum() else "-" for c in dev_name.lower()).strip("-")
-    out = Path(args.out or Path(__file__).parent / "results" / f"extract-{slug}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
-    print(f"wrote {out}")
+    write_results(results, "extract", dev_name, args.out)
 
 
 if __name__ == "__main__":

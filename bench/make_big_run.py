@@ -8,7 +8,8 @@ cluster per Galaxy10 class in Galaxy10's proportions, Unbarred Tight and Loose
 Spirals close together, Disturbed scattered; predictions with the paper's error
 pattern; ra/dec/redshift metadata). They are written through `core`'s own
 writers: `core.cache.AtomicParquetWriter` (streamed row groups, atomic rename)
-for the features, `core.mapstore`'s keys and schema for the maps, and
+for the features, `core.mapstore.write_layout` for the maps (the key and
+provenance `get_projection` gives them), and
 `core.evaluation.evaluate_run` for the scores, so `python -m core ls`, the
 dashboard, its tests and `bench/dashboard.py` read them like any other run.
 
@@ -39,6 +40,7 @@ from core import cache as store  # noqa: E402
 from core import mapstore  # noqa: E402
 from core import projection as proj  # noqa: E402
 from core.data.base import GALAXY10_CLASSES, GALAXY10_COUNTS  # noqa: E402
+from tests.features_fixtures import fixed_list  # noqa: E402
 
 TIGHT, LOOSE, DISTURBED = 6, 7, 0
 CHUNK = 100_000
@@ -96,10 +98,6 @@ def schema(dim: int, k: int) -> pa.Schema:
         ("meta_redshift", pa.float64())])
 
 
-def fixed_list(a: np.ndarray) -> pa.Array:
-    return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(a, np.float32).reshape(-1)), a.shape[1])
-
-
 def write_features(cache: Path, n: int, dim: int, seed: int) -> tuple[dict, np.ndarray]:
     """The features parquet, streamed in row groups; returns (run, embeddings X)."""
     rng = np.random.default_rng(seed)
@@ -138,27 +136,17 @@ def write_features(cache: Path, n: int, dim: int, seed: int) -> tuple[dict, np.n
 
 def write_map(cache: Path, run: dict, method: str, xy: np.ndarray, X: np.ndarray, labels: np.ndarray,
               extra: dict, sample: int = 500) -> Path:
-    """A map at the path `core.mapstore.get_projection` reads, with its quality numbers
-    (scored on ``sample`` galaxies; 0: none recorded, for quick test fixtures)."""
-    params = proj.params_for(method)
-    path = store.path_for(cache, "projections", mapstore.projection_key(run["key"], method, params, None))
+    """A map at the path `core.mapstore.get_projection` reads (written by `core.mapstore.write_layout`),
+    with its quality numbers (scored on ``sample`` galaxies; 0: none recorded, for quick test fixtures)."""
     t = time.perf_counter()
     quality, feature_quality = {}, None
     if sample:
         quality = proj.map_quality(X, xy, k=10, max_points=sample)
         few = np.sort(np.random.default_rng(0).choice(len(X), min(len(X), 40 * sample), replace=False))
         feature_quality = {**proj.feature_space_quality(X[few], labels[few], GALAXY10_CLASSES), "sampled": True}
-    prov = {"kind": "projection", "features_run": run["key"], "method": method, "params": params,
-            "fitted_params": params, "aligned_to": None, "rows": len(xy), "map_version": mapstore.MAP_VERSION,
-            "dataset": run["dataset"], "model": run["model"], "mode": run["mode"], "pooling": run["pooling"],
-            "split": run["split"], "quality": quality, "feature_quality": feature_quality,
-            "quality_seconds": round(time.perf_counter() - t, 3),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra}
-    n = len(xy)
-    table = pa.table({"row": pa.array(np.arange(n), pa.int64()), "id": pa.array(np.char.mod("J%07d", np.arange(n))),
-                      "x": pa.array(xy[:, 0], pa.float32()), "y": pa.array(xy[:, 1], pa.float32())},
-                     schema=mapstore.SCHEMA)
-    return store.write_parquet(path, table, prov)
+    return mapstore.write_layout(run, method, xy, np.char.mod("J%07d", np.arange(len(xy))), cache, quality=quality,
+                                 feature_quality=feature_quality, quality_seconds=round(time.perf_counter() - t, 3),
+                                 **extra)
 
 
 def make(cache, rows: int = 1_000_000, dim: int = 32, seed: int = 0, pca: bool = True, sample: int = 500) -> dict:

@@ -7,8 +7,9 @@ weights ship in ``core/weights/demo-generic``, the offline stand-in for
 ``facebook/dinov2-*``), ``head`` (a linear head trained on frozen generic
 features) and ``full`` (every parameter finetuned from generic). It extracts
 their features, evaluates them, computes the default maps (t-SNE, the
-finetuned maps aligned to the generic one, and PCA), and runs the real DECaLS
-example photos through the same checkpoints when they are present.
+finetuned maps aligned to the generic one, and PCA), the outlier scores and the
+per-block scores of the Layers view, and runs the real DECaLS example photos
+through the same checkpoints when they are present.
 
 Every step is cached, so a second run only checks the cache.
 """
@@ -82,16 +83,17 @@ def build_generic(cache, weights: Path = GENERIC_WEIGHTS) -> Path:
 
 def build(cache=None, dataset: str = DATASET, examples: Path | None = EXAMPLES, device: str = "auto",
           progress: bool = True, log=print) -> dict:
-    """Build (or find cached) everything the dashboard shows. Returns a summary dict."""
-    import torch
+    """Build (or find cached) everything the dashboard shows. Returns a summary dict.
 
+    Each step asks the cache first (``lookup``, ``cached_projection``, ``cached_scores``...,
+    which never compute): a rebuilt demo only reads footers and JSON and imports neither
+    torch nor the map libraries; the first step that computes calls ``_computing``."""
+    from .anomaly import cached_anomalies, get_anomalies
     from .evaluation import evaluate_run, read_predictions, write_summary
-    from .features import extract
-    from .finetune import finetune
-    from .mapstore import get_projection
+    from .features import extract, lookup
+    from .layers import cached_cka, cached_scores, layer_cka, layer_scores
+    from .mapstore import cached_projection, get_projection
 
-    if "OMP_NUM_THREADS" not in os.environ:  # an explicit setting wins (busy shared machines: 1 thread)
-        torch.set_num_threads(max(1, os.cpu_count() or 1))
     cache = store.cache_dir(cache)
     t0 = last = time.time()
     timings = {}
@@ -114,6 +116,9 @@ def build(cache=None, dataset: str = DATASET, examples: Path | None = EXAMPLES, 
         if _is_current(out, ds.fingerprint, generic_fp):
             log(f"      {name}: cached")
             continue
+        from .finetune import finetune
+
+        _computing()
         finetune(ds, "demo:generic", out=out, device=device, cache=cache, progress=progress, log=log,
                  **recipe)
         prov_file = out / "explorer.json"
@@ -130,8 +135,14 @@ def build(cache=None, dataset: str = DATASET, examples: Path | None = EXAMPLES, 
         sets.append(("real", open_dataset(f"folder:{examples}")))
     for label, data in sets:
         for name in ("generic", "head", "full"):
-            path, prov, hit = extract(data, f"demo:{name}", device=device, cache=cache, progress=progress,
-                                      log=lambda *_: None, layers="all" if label == "synthetic" else None)
+            layers = "all" if label == "synthetic" else None
+            found = lookup(data, f"demo:{name}", cache=cache, layers=layers)
+            if found:
+                (path, prov), hit = found, True
+            else:
+                _computing()
+                path, prov, hit = extract(data, f"demo:{name}", device=device, cache=cache, progress=progress,
+                                          log=lambda *_: None, layers=layers)
             runs[(label, name)] = prov | {"key": path.stem, "path": str(path)}
             done = "cached" if hit else f"{prov['rows']} images in {prov['seconds']:.1f} s"
             log(f"      {label:<9} {name:<7} {done}")
@@ -159,18 +170,24 @@ def build(cache=None, dataset: str = DATASET, examples: Path | None = EXAMPLES, 
         for name in ("generic", "head", "full"):
             key = runs[(label, name)]["key"]
             align = None if name == "generic" else generic_key
-            _, prov = get_projection(key, "tsne", cache=cache, align_to=align, progress=progress)
-            get_projection(key, "pca", cache=cache, progress=False)
+            _, prov = cached_projection(key, "tsne", cache, align_to=align) or _computing(
+                get_projection, key, "tsne", cache=cache, align_to=align, progress=progress)
+            cached_projection(key, "pca", cache) or _computing(get_projection, key, "pca", cache=cache, progress=False)
             quality[(label, name)] = {**prov.get("quality", {}), **(prov.get("feature_quality") or {})}
     step("maps")
 
-    from .layers import layer_cka, layer_scores  # per-block separability and CKA for the Layers view
+    log("      outlier scores (kNN distance, isolation forest): the Unusual view, and every map can be coloured by them")
+    for run in runs.values():
+        cached_anomalies(run["key"], cache) or _computing(get_anomalies, run["key"], cache)
+    step("outliers")
 
     log("      per-block probe, kNN and CKA scores for the Layers view")
+    generic_key = runs[("synthetic", "generic")]["key"]
     for name in ("generic", "head", "full"):
-        layer_scores(runs[("synthetic", name)]["key"], cache, progress=False)
+        key = runs[("synthetic", name)]["key"]
+        cached_scores(key, cache) or _computing(layer_scores, key, cache, progress=False)
         if name != "generic":
-            layer_cka(runs[("synthetic", "generic")]["key"], runs[("synthetic", name)]["key"], cache, progress=False)
+            cached_cka(generic_key, key, cache) or _computing(layer_cka, generic_key, key, cache, progress=False)
     step("layers")
 
     log("[6/6] done")
@@ -186,6 +203,16 @@ def build(cache=None, dataset: str = DATASET, examples: Path | None = EXAMPLES, 
         })
     _print_summary(summary, log)
     return summary
+
+
+def _computing(compute=None, *args, **kwargs):
+    """Before a step that computes: torch gets every core, unless OMP_NUM_THREADS says otherwise
+    (busy shared machines: 1 thread). Then ``compute(*args, **kwargs)``, if given, and its result."""
+    import torch
+
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))
+    return compute(*args, **kwargs) if compute else None
 
 
 def _fmt(v):

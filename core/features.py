@@ -10,8 +10,10 @@ the queue depths whatever the dataset size. ``core.ray_engine`` schedules the sa
 extractor on Ray Data actors (``--engine ray``). Both write through ``RunWriter``:
 one atomic file, or atomic parts of a sharded run (``core.shards``) that resume.
 
-Only torch, transformers, numpy, pandas and pyarrow are imported here, so the GPU
-path runs on a machine without datasets, h5py, Streamlit or umap.
+Only torch, transformers, numpy, pandas and pyarrow are used here, so the GPU
+path runs on a machine without datasets, h5py, Streamlit or umap; torch and
+transformers are imported inside the functions that compute, so a cache hit
+(``extract`` finding the run, ``lookup``) imports neither.
 """
 from __future__ import annotations
 
@@ -38,7 +40,6 @@ from .data.base import SourceError
 from .errors import UserError
 from .models import POOLINGS, describe, fingerprint_dir, load_checkpoint, resolve
 from .modes import MODES, resolve_mode, training_data
-from .preprocess import originals_are_batches, stack_originals
 
 ENGINES = ("local", "ray")
 _DONE = object()
@@ -58,8 +59,9 @@ def plan(dataset, model_ref: str, pooling: str = "auto", split: str = "all", mod
          base_model: str | None = None):
     """Everything that identifies a features file, without loading the model.
 
-    Returns (path, info) where info holds the fingerprints, resolved pooling and mode
-    (`core.modes`), the base model and what the checkpoint was trained on.
+    Returns (path, info, checkpoint folder) where info holds the fingerprints, resolved
+    pooling and mode (`core.modes`), the base model and what the checkpoint was trained on;
+    the folder is the reference resolved once (a hub reference asks the HF cache).
     """
     model_ref = normalize_ref(model_ref)
     ckpt_path = resolve(model_ref, cache)
@@ -78,7 +80,7 @@ def plan(dataset, model_ref: str, pooling: str = "auto", split: str = "all", mod
     )
     said = (normalize_ref(base_model),) if base_model else ()  # keys without --base-model stay as they were
     key = store.key_of(info["dataset_fingerprint"], info["model_fingerprint"], pooling, split, mode, *said)
-    return store.path_for(store.cache_dir(cache), "features", key), info
+    return store.path_for(store.cache_dir(cache), "features", key), info, ckpt_path
 
 
 def extract(dataset_ref, model_ref: str, mode: str | None = None, split: str = "all", pooling: str = "auto",
@@ -103,20 +105,16 @@ def extract(dataset_ref, model_ref: str, mode: str | None = None, split: str = "
     if engine not in ENGINES:
         raise UserError(f"unknown engine {engine!r}: use one of {', '.join(ENGINES)}")
     ds = open_dataset(dataset_ref) if isinstance(dataset_ref, str) else dataset_ref
-    path, info = plan(ds, model_ref, pooling, split, mode, cache, base_model)
+    path, info, ckpt_path = plan(ds, model_ref, pooling, split, mode, cache, base_model)
     model_ref = info["model"]
-    blocks = layerfeatures.requested(resolve(model_ref, cache), layers, info["family"])
+    blocks = layerfeatures.requested(ckpt_path, layers, info["family"])
     if blocks and engine == "ray":
         raise UserError("--layers works with the in-process engine only: leave out --engine ray")
 
-    def hit():
-        found = find_cached(path, verify)
-        return found if found and (not blocks or layerfeatures.cached(layerfeatures.layers_path(path), blocks)) else None
-
-    if found := hit():
+    if found := _find(path, blocks, verify):
         return (*found, True)
     with store.compute_lock(path):
-        if found := hit():  # someone else may have finished while we waited
+        if found := _find(path, blocks, verify):  # someone else may have finished while we waited
             return (*found, True)
         old = layerfeatures.cached(layerfeatures.layers_path(path), None)
         if blocks and old:  # keep the blocks stored before
@@ -139,6 +137,21 @@ def extract(dataset_ref, model_ref: str, mode: str | None = None, split: str = "
         else:
             prov = run_local(job, progress=progress, log=log, workers=workers)
     return out, prov, False
+
+
+def lookup(dataset_ref, model_ref: str, mode: str | None = None, split: str = "all", pooling: str = "auto",
+           cache=None, layers: str | None = None, base_model: str | None = None, verify: bool = False) -> tuple | None:
+    """(run path, provenance) of the run ``extract`` with these arguments would find cached,
+    else None. Never computes, never loads the model (nor imports torch)."""
+    ds = open_dataset(dataset_ref) if isinstance(dataset_ref, str) else dataset_ref
+    path, info, ckpt_path = plan(ds, model_ref, pooling, split, mode, cache, base_model)
+    return _find(path, layerfeatures.requested(ckpt_path, layers, info["family"]), verify)
+
+
+def _find(path, blocks, verify: bool) -> tuple | None:
+    """The cached run at ``path`` (see ``find_cached``) when it also has per-layer features of ``blocks``."""
+    found = find_cached(path, verify)
+    return found if found and (not blocks or layerfeatures.cached(layerfeatures.layers_path(path), blocks)) else None
 
 
 def cached(path, verify: bool = False) -> dict | None:
@@ -242,6 +255,8 @@ class BatchExtractor:
         """(rows that decoded, their images for the device, skipped files). Images are a
         uint8 (b, H, W, 3) batch of originals, or float pixel values (b, 3, S, S) when
         their sizes differ (``core.preprocess``); pinned on GPU runs."""
+        from .preprocess import originals_are_batches, stack_originals
+
         torch = self._torch
         if originals_are_batches(self.ds):
             t, skipped = torch.from_numpy(self.ds.batch(rows)), []
@@ -378,7 +393,6 @@ def run_local(job: Job, progress: bool = True, log=print, workers: int | None = 
 
     Memory stays bounded by the queue depths whatever the dataset size.
     """
-    import torch
     from tqdm.auto import tqdm
 
     t0 = time.time()
@@ -562,4 +576,4 @@ def _run(args) -> int:
     return 0
 
 
-__all__ = ["extract", "plan", "cached", "SourceError"]
+__all__ = ["extract", "lookup", "plan", "cached", "SourceError"]

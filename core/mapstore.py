@@ -167,26 +167,42 @@ def get_projection(features_key: str, method: str, cache=None, params=None, alig
         quality_start = time.perf_counter()
         quality = proj.map_quality(X, fitted.embedding, k=min(10, (len(X) - 1) // 2))  # k < 10 only for tiny runs
         feature_quality = _feature_quality(features_key, cache, rows["label"].to_numpy(), X, run)
-        prov = {
-            "kind": "projection", "features_run": features_key, "method": method, "params": params,
-            "fitted_params": fit_params, "implementation": fitted.implementation or None,
-            "aligned_to": align_to or None, "rows": len(X), "map_version": MAP_VERSION,
-            "dataset": run.get("dataset"), "model": run.get("model"), "mode": run.get("mode"),
-            "pooling": run.get("pooling"), "split": run.get("split"),
-            "quality": quality, "feature_quality": feature_quality,
-            "seconds": round(seconds, 3), "quality_seconds": round(time.perf_counter() - quality_start, 3),
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "versions": _versions(method, fitted.implementation),
-        }
-        table = pa.table({
-            "row": rows["row"].to_numpy(np.int64), "id": rows["id"].astype(str).to_numpy(),
-            "x": fitted.embedding[:, 0], "y": fitted.embedding[:, 1],
-        }, schema=SCHEMA)
-        store.write_parquet(path, table, prov)
+        _write(path, run, method, params, align_to, rows["row"].to_numpy(np.int64), rows["id"].to_numpy(),
+               fitted.embedding, fitted_params=fit_params, implementation=fitted.implementation or None,
+               quality=quality, feature_quality=feature_quality, seconds=round(seconds, 3),
+               quality_seconds=round(time.perf_counter() - quality_start, 3),
+               versions=_versions(method, fitted.implementation))
     _say(progress, f"wrote {path}")
     hit = _read(path)
     if hit is None:  # pragma: no cover - the file we just wrote must read back
         raise RuntimeError(f"projection {path} did not read back after writing")
     return hit
+
+
+def _write(path, run: dict, method: str, params: dict, align_to, rows, ids, xy, **fields):
+    """The one writer of map files: columns ``row, id, x, y`` and the provenance of CONTRACTS.md
+    (identity fields from the features run ``run``, then ``fields``)."""
+    prov = {
+        "kind": "projection", "features_run": run["key"], "method": method, "params": params,
+        "fitted_params": params, "aligned_to": align_to or None, "rows": len(xy), "map_version": MAP_VERSION,
+        **{name: run.get(name) for name in ("dataset", "model", "mode", "pooling", "split")},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **fields,
+    }
+    table = pa.table({"row": np.asarray(rows, np.int64), "id": np.asarray(ids).astype(str),
+                      "x": xy[:, 0], "y": xy[:, 1]}, schema=SCHEMA)
+    return store.write_parquet(path, table, prov)
+
+
+def write_layout(run: dict, method: str, xy, ids, cache=None, align_to=None, **fields):
+    """Store ready-made coordinates ``xy`` (n, 2) of the galaxies ``ids`` (rows 0..n-1 of the
+    features run ``run``, a ``list_runs`` entry) as the ``method`` map with default options:
+    the file ``get_projection`` / ``cached_projection`` then read instead of computing one.
+    For synthetic fixtures and benchmark runs too large to map here; ``fields`` add to the
+    provenance (``quality``, ``feature_quality``, ``seconds``, and ``layout``: the sentence that
+    says the map is a stand-in). Returns the file's path."""
+    path, params = _where(run["key"], method, cache, None, align_to)
+    fields = {"quality": {}, "feature_quality": None, **fields}
+    return _write(path, run, method, params, align_to, np.arange(len(xy)), ids, np.asarray(xy, np.float32), **fields)
 
 
 def place_points(features_key: str, method: str, X_new, cache=None, params=None, align_to=None, progress=False) -> np.ndarray:

@@ -21,6 +21,10 @@ values in `core.preprocess` (the checkpoint's own image processor), backbone
 output -> features in `core.pooling` (what the family's classifier reads), and
 writing a checkpoint in `core.saving`. Features and logits come from one
 backbone pass and no hooks, so ``--compile`` compiles the backbone alone.
+
+``resolve``, ``describe`` and ``fingerprint_dir`` (all a cache hit needs) read
+files only: torch and transformers are imported by the functions that load or
+run a checkpoint.
 """
 from __future__ import annotations
 
@@ -29,13 +33,15 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: torch is imported where a model is built or run
+    import torch
 
 from . import cache as store
 from .data import split_ref
 from .data.base import SourceError
 from .pooling import NO_CLS, POOLINGS, classifier_pooling, default_pooling, pool  # noqa: F401  (POOLINGS: CLI)
-from .preprocess import Preprocessor, processor_config
 
 
 def resolve(ref: str, cache=None) -> Path:
@@ -173,11 +179,15 @@ class Checkpoint:
         return default_pooling(self.family)
 
     def input_size(self) -> tuple[int, int]:
+        from .preprocess import Preprocessor
+
         return Preprocessor(self.processor_config).input_size
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (b, H, W, 3) on any device -> normalised (b, 3, S, S) in the model's
         dtype, as the checkpoint's image processor (see `core.preprocess`)."""
+        from .preprocess import Preprocessor
+
         return Preprocessor(self.processor_config)(images, self.dtype)
 
     def pool(self, out, pooling: str) -> torch.Tensor:
@@ -187,6 +197,8 @@ class Checkpoint:
     def compile(self, **options) -> "Checkpoint":
         """torch.compile the backbone in place (pays off on large GPU runs); the
         classifier is a small module applied after it, so no hooks are needed."""
+        import torch
+
         if not self._classifier_unknown():
             self.backbone = torch.compile(self.backbone, **options)
         return self
@@ -262,6 +274,7 @@ def load_checkpoint(ref: str, device="cpu", num_labels: int | None = None, id2la
     with a fresh standard head of that many classes (for linear finetuning).
     ``dtype``: defaults to bfloat16 on CUDA and float32 on CPU.
     """
+    import torch
     from transformers import AutoConfig, AutoModel, AutoModelForImageClassification
     from transformers.utils import logging as hf_logging
 
@@ -269,6 +282,7 @@ def load_checkpoint(ref: str, device="cpu", num_labels: int | None = None, id2la
     hf_logging.disable_progress_bar()
     path = resolve(ref, cache)
     from . import timm_encoder
+    from .preprocess import processor_config
 
     if timm_encoder.is_timm_folder(path):
         return timm_encoder.load(ref, path, device=device, dtype=dtype)

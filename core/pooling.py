@@ -17,7 +17,10 @@ SwinV2      ``pooler``: the average of the last stage (no CLS token)
 """
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: torch is imported where a model is built or run
+    import torch
 
 from .data.base import SourceError
 
@@ -42,6 +45,8 @@ def classifier_pooling(family: str) -> str | None:
 def pool(out, pooling: str, family: str, num_prefix_tokens: int = 1) -> torch.Tensor:
     """(b, d) features from a backbone output (``last_hidden_state`` (b, n, h) or a
     (b, c, h, w) map, optional ``pooler_output``)."""
+    import torch
+
     if pooling == "auto":
         pooling = default_pooling(family)
     has_cls = family not in NO_CLS

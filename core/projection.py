@@ -11,6 +11,11 @@ same place unless finetuning moved it.
 The quality numbers (kNN preservation, trustworthiness, kNN accuracy,
 silhouette) live in :mod:`core.mapquality` and are re-exported here.
 
+openTSNE, umap-learn, scikit-learn and torch are imported inside the functions
+that compute or place a map (openTSNE's index subclasses live in
+:mod:`core.tsne_neighbours`), so ``params_for`` and reading a cached map
+(:mod:`core.mapstore`) import none of them.
+
 >>> Y = tsne(X)                       # paper defaults: perplexity 30, seed 42
 >>> m = fit_tsne(X); m.transform(X_new).shape
 (m, 2)
@@ -26,9 +31,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
-from openTSNE import TSNE, TSNEEmbedding, initialization
-from openTSNE.affinity import PerplexityBasedNN
-from openTSNE.nearest_neighbors import KNNIndex
 
 from .mapquality import (  # noqa: F401  (re-exported: projection is the public door)
     MIN_POINTS, ProjectionError, check_features, exact_knn, feature_space_quality, knn_preservation, map_quality,
@@ -83,25 +85,6 @@ class Map:
 
 
 # ---------------------------------------------------------------- t-SNE
-
-
-class _ExactNeighbours(KNNIndex):
-    """Exact euclidean kNN (chunked BLAS) behind openTSNE's index interface.
-
-    Exact search on the raw features costs a few seconds at Galaxy10's size and
-    keeps every true neighbour. Measured on bench/projection.py's 17,736 x 768
-    features: Annoy on them gave kNN preservation 0.244 against 0.262 exact, and
-    PCA-50 keeps only 52% of each point's true 10 nearest neighbours (PCA-100: 84%)."""
-
-    VALID_METRICS = ["euclidean"]
-
-    def build(self):
-        idx, d2 = exact_knn(self.data, self.k)
-        return idx, np.sqrt(d2, dtype=np.float64)
-
-    def query(self, query, k):
-        idx, d2 = exact_knn(self.data, k, queries=np.asarray(query, dtype=np.float32))
-        return idx, np.sqrt(d2, dtype=np.float64)
 
 
 class _Progress:
@@ -161,8 +144,13 @@ def fit_tsne(
     impl = implementation_for(n, device, implementation)
     if impl != "openTSNE":
         return _fit_tsne_torch(X, perplexity, seed, init, n_iter, early_exaggeration_iter, jobs, progress, impl)
+    from openTSNE import TSNE, initialization
+    from openTSNE.affinity import PerplexityBasedNN
+
+    from .tsne_neighbours import ExactNeighbours
+
     bar = _Progress(early_exaggeration_iter + n_iter, "t-SNE: neighbours") if progress else None
-    index = _ExactNeighbours(X, min(n - 1, int(3 * perplexity)), n_jobs=jobs)
+    index = ExactNeighbours(X, min(n - 1, int(3 * perplexity)), n_jobs=jobs)
     aff = PerplexityBasedNN(perplexity=perplexity, knn_index=index, n_jobs=jobs, random_state=seed)
     if init is None:
         start = initialization.pca(X, n_components=2, random_state=seed)
@@ -235,14 +223,17 @@ def implementation_for(n: int, device: str | None = None, implementation: str | 
 
 
 def _fit_tsne_torch(X, perplexity, seed, init, n_iter, early_exaggeration_iter, jobs, progress, impl) -> Map:
+    from openTSNE import TSNEEmbedding
+
     from . import tsne_torch
+    from .tsne_neighbours import MapNeighbours
 
     device = "cuda" if impl == "torch-cuda" else "cpu"
     Y = tsne_torch.tsne(X, perplexity=perplexity, seed=seed, init=init, n_iter=n_iter,
                         early_exaggeration_iter=early_exaggeration_iter, device=device, progress=progress)
     Y -= (Y.max(axis=0) + Y.min(axis=0)) / 2  # the frame openTSNE's placement works in (see below)
     params = dict(perplexity=perplexity, seed=seed, n_iter=n_iter, early_exaggeration_iter=early_exaggeration_iter)
-    embedding = TSNEEmbedding(Y.astype(np.float64), _MapNeighbours(X, perplexity, jobs), random_state=seed, n_jobs=jobs)
+    embedding = TSNEEmbedding(Y.astype(np.float64), MapNeighbours(X, perplexity, jobs), random_state=seed, n_jobs=jobs)
     return Map("tsne", params, Y.astype(np.float32), X.shape[1], _placer(embedding),
                implementation=f"torch {_version('torch')} ({device}), openTSNE's algorithm")
 
@@ -256,18 +247,6 @@ def _version(package: str) -> str:
 def _placer(embedding):
     # openTSNE's defaults for new points: perplexity 5, median start, 250 small steps
     return lambda X_new: np.asarray(embedding.transform(X_new))
-
-
-class _MapNeighbours(PerplexityBasedNN):
-    """Affinities of new points to an existing map's points: their neighbours are
-    searched on demand (``to_new``), without the all-pairs search a new map needs."""
-
-    def __init__(self, X, perplexity, n_jobs):
-        from scipy.sparse import csr_matrix
-
-        self.knn_index = _ExactNeighbours(X, min(len(X) - 1, int(3 * perplexity)), n_jobs=n_jobs)
-        self.P = csr_matrix((len(X), len(X)))  # placing never reads P; openTSNE checks its shape
-        self.perplexity, self.n_jobs, self.verbose = perplexity, n_jobs, False
 
 
 # ---------------------------------------------------------------- UMAP
@@ -365,9 +344,13 @@ def attach(method: str, X, Y, n_jobs: int | None = None, **params) -> Map:
         raise ProjectionError(f"the map has shape {Y.shape}; it must be ({len(X)}, 2), one point per row of X")
     params = params_for(method, **params)
     if method == "tsne":
+        from openTSNE import TSNEEmbedding
+
+        from .tsne_neighbours import MapNeighbours
+
         shift = (Y.max(axis=0) + Y.min(axis=0)) / 2  # see fit_tsne: openTSNE recentres the map
         jobs = _n_jobs(n_jobs, len(X))
-        embedding = TSNEEmbedding(Y - shift, _MapNeighbours(X, params["perplexity"], jobs),
+        embedding = TSNEEmbedding(Y - shift, MapNeighbours(X, params["perplexity"], jobs),
                                   random_state=params["seed"], n_jobs=jobs)
         inner = _placer(embedding)
         place = lambda X_new: inner(X_new) + shift  # noqa: E731

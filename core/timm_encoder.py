@@ -25,8 +25,10 @@ import json
 import math
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: torch is imported where a model is built or run
+    import torch
 
 from .data.base import SourceError
 from .models import Checkpoint, fingerprint_dir, recorded_provenance
@@ -35,6 +37,8 @@ _SIZES = {640: "nano", 768: "tiny/small", 1024: "base", 1536: "large"}  # ConvNe
 
 
 def _timm():
+    import torch
+
     try:
         import timm
     except Exception as e:  # ImportError, or torchvision built for another torch (RuntimeError)
@@ -103,6 +107,9 @@ class TimmCheckpoint(Checkpoint):
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (b, H, W, 3) on any device -> float (b, 3, h, w) as timm's eval transform makes it:
         shortest edge to ``size / crop_pct``, centre crop to ``size``, rescale, normalise."""
+        import torch
+        import torch.nn.functional as F
+
         cfg = self.processor_config
         x = images.permute(0, 3, 1, 2).float()
         h_out, w_out = self.input_size()
@@ -140,12 +147,16 @@ class TimmCheckpoint(Checkpoint):
         raise SourceError(f"unknown pooling {pooling!r}: use auto, pooler, mean or cls")
 
     def compile(self) -> "TimmCheckpoint":
+        import torch
+
         self.model = self.backbone = torch.compile(self.model)
         return self
 
 
 def load(ref: str, path: Path, device="cpu", dtype: torch.dtype | None = None) -> TimmCheckpoint:
     """Build the timm encoder of a resolved folder for inference (features only)."""
+    import torch
+
     timm = _timm()
     try:
         model = timm.create_model(f"local-dir:{path}", pretrained=True, num_classes=0)

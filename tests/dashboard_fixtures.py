@@ -14,9 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
-from core import cache as store
 from core.data.base import GALAXY10_CLASSES, GALAXY10_COUNTS
 from tests.features_fixtures import write_features as write_run
 
@@ -98,22 +96,14 @@ def write_features(cache: Path, dataset: str, model: str, mode: str, labels, spl
 
 
 def write_layout_map(cache: Path, run: dict, method: str, xy: np.ndarray, aligned_to: str | None = None,
-                     quality: dict | None = None) -> dict:
-    """A ready-made layout stored under the key and provenance ``core.mapstore`` gives that map
-    (default options), so core and the dashboard take it for the computed one. Only for
-    benchmark sizes where a real t-SNE would take minutes; tests let core compute maps."""
-    from core import mapstore, projection as proj
+                     quality: dict | None = None) -> Path:
+    """A ready-made layout stored by ``core.mapstore.write_layout`` under the key and provenance
+    core gives that map (default options), so core and the dashboard take it for the computed
+    one. Only for benchmark sizes where a real t-SNE would take minutes; tests let core compute maps."""
+    from core import mapstore
 
-    params = proj.params_for(method)
-    key = mapstore.projection_key(run["key"], method, params, aligned_to)
-    prov = dict(kind="projection", features_run=run["key"], method=method, params=params, fitted_params=params,
-                aligned_to=aligned_to, rows=len(xy), map_version=mapstore.MAP_VERSION, dataset=run["dataset"],
-                model=run["model"], mode=run["mode"], pooling=run["pooling"], split=run["split"],
-                quality=quality or {}, feature_quality=None, seconds=0.0, created="2026-01-01T00:00:00")
-    table = pa.table({"row": pa.array(np.arange(len(xy)), pa.int64()), "id": pa.array(_ids(len(xy))),
-                      "x": pa.array(xy[:, 0], pa.float32()), "y": pa.array(xy[:, 1], pa.float32())})
-    store.write_parquet(store.path_for(cache, "projections", key), table, prov)
-    return prov
+    return mapstore.write_layout(run, method, xy, _ids(len(xy)), cache, align_to=aligned_to, quality=quality or {},
+                                 seconds=0.0, created="2026-01-01T00:00:00")
 
 
 def _maps(cache: Path, generic: dict, head: dict, full: dict, labels, rng, layout: bool) -> None:

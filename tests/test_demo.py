@@ -61,14 +61,39 @@ def test_demo_builds_everything_the_dashboard_needs(demo_cache):
 
 
 def test_second_demo_run_is_a_cache_hit(demo_cache):
+    from tests.test_imports import HEAVY
+
     before = {p: p.stat().st_mtime_ns for p in demo_cache["cache"].rglob("*") if p.is_file()}
-    r = subprocess.run([sys.executable, "-m", "core", "demo", "--cache", str(demo_cache["cache"])], cwd=REPO,
-                       capture_output=True, text=True, timeout=subprocess_timeout())
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "core", "demo", "--cache", str(demo_cache["cache"])],
+                       cwd=REPO, capture_output=True, text=True, timeout=subprocess_timeout())
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("cached") >= 8 and "images in" not in r.stdout
     after = {p: p.stat().st_mtime_ns for p in demo_cache["cache"].rglob("*") if p.is_file()}
     changed = [p.name for p in before if after.get(p) != before[p]]
     assert changed in ([], ["summary.json"]), changed  # nothing recomputed
+    # and it cost nothing: no torch, no map or learning library imported (`-X importtime` lists every import)
+    imported = {line.rsplit("|", 1)[1].strip().split(".")[0] for line in r.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "core" in imported and not imported & set(HEAVY), sorted(imported & set(HEAVY))
+
+
+def test_dashboard_first_view_on_the_demo_computes_and_imports_nothing_heavy(demo_cache):
+    """The demo builds what the first view shows (maps, outlier scores...): a new session only
+    reads the cache, without torch or the map libraries."""
+    import os
+
+    from tests.test_imports import heavy_modules_after
+
+    before = {p: p.stat().st_mtime_ns for p in demo_cache["cache"].rglob("*") if p.is_file()}
+    heavy = heavy_modules_after(
+        "from streamlit.testing.v1 import AppTest\n"
+        f"at = AppTest.from_file({str(REPO / 'dashboard' / 'app.py')!r}, default_timeout=300).run()\n"
+        "assert not at.exception, [e.value for e in at.exception]\n"
+        "assert any('t-SNE map quality' in str(m.value) for m in at.markdown), 'no map on the first view'",
+        env={**os.environ, "EXPLORER_CACHE": str(demo_cache["cache"])})
+    assert heavy == []
+    after = {p: p.stat().st_mtime_ns for p in demo_cache["cache"].rglob("*") if p.is_file()}
+    assert [p for p in after if p not in before or after[p] != before[p]] == []  # nothing computed
 
 
 def test_dashboard_places_the_real_photos_in_the_demo_map(demo_cache, monkeypatch):

@@ -129,14 +129,21 @@ def test_two_identical_requests_compute_once(tmp_path, checkpoints, monkeypatch)
 SLOW_EXTRACT = """
 import sys, time
 import core.data.h5 as h5
-orig = h5.H5Dataset._load
+delay, orig = float(sys.argv[1]), h5.H5Dataset._load
 def slow(self, rows):
-    time.sleep(0.3)
+    time.sleep(delay)
     return orig(self, rows)
 h5.H5Dataset._load = slow
 from core.__main__ import main
-sys.exit(main(sys.argv[1:]))
+sys.exit(main(sys.argv[2:]))
 """
+
+
+def start_slow_cli(args: list, delay: float) -> subprocess.Popen:
+    """`python -m core ARGS` in a child process whose h5 batches each take ``delay`` s longer
+    to read, so a test can kill it mid-run."""
+    return subprocess.Popen([sys.executable, "-c", SLOW_EXTRACT, str(delay), *args], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 @pytest.mark.slow
@@ -145,8 +152,7 @@ def test_killed_extraction_leaves_nothing_complete_and_rerun_finishes(tmp_path, 
     cache = tmp_path / "c"
     args = ["extract", "--dataset", f"h5:{h5}", "--model", f"dir:{checkpoints['dinov2']}", "--batch-size", "8",
             "--cache", str(cache)]
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_EXTRACT, *args], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_slow_cli(args, 0.3)
     deadline = time.time() + 240  # a loaded machine needs long to import torch; the loop ends at the first row group
     while time.time() < deadline and not list((cache / "features").glob(".*.tmp-*")):
         time.sleep(0.05)

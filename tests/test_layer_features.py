@@ -103,7 +103,7 @@ def test_every_family_stores_its_blocks_from_one_pass(tmp_path, checkpoints, fam
             np.testing.assert_allclose(ln(torch.from_numpy(last)).numpy(), emb, atol=3e-2)
 
 
-def test_cli_layers_listed_by_ls_and_cache_hit(tmp_path, checkpoints, capsys):
+def test_cli_layers_listed_by_ls_and_cache_hit(tmp_path, checkpoints, capsys, monkeypatch):
     ck = f"dir:{checkpoints['dinov2']}"
     r = cli(capsys, "extract", "--dataset", DATASET, "--model", ck, "--layers", "2", cache=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -120,6 +120,11 @@ def test_cli_layers_listed_by_ls_and_cache_hit(tmp_path, checkpoints, capsys):
     assert lf.cached(lf.layers_path(feats["path"]), [1, 2])
     r = cli(capsys, "extract", "--dataset", DATASET, "--model", ck, "--layers", "all", cache=tmp_path)
     assert r.stdout.startswith("cache hit") and "per-layer features" in r.stdout
+    # a cache hit with --layers resolves the checkpoint reference once (for hf: each is a hub-cache lookup)
+    resolved, real = [], features.resolve
+    monkeypatch.setattr(features, "resolve", lambda *a, **kw: resolved.append(a) or real(*a, **kw))
+    assert features.extract(DATASET, ck, cache=tmp_path, layers="all", log=lambda *_: None)[2]
+    assert len(resolved) == 1, resolved
     # a block the model does not have: one line, exit 2
     r = cli(capsys, "extract", "--dataset", DATASET, "--model", ck, "--layers", "1,7", cache=tmp_path)
     assert r.returncode == 2 and r.stderr.strip() == "error: --layers '1,7': this checkpoint has blocks 1-2"

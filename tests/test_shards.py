@@ -3,8 +3,6 @@ by every consumer like one file, resumable after SIGKILL; cache hits read only f
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
@@ -15,7 +13,7 @@ from PIL import Image
 import core.features as features
 from core import cache as store
 from core import shards
-from tests.test_extract import REPO, cli
+from tests.test_extract import cli, start_slow_cli
 from tests.test_sources import write_galaxy10_h5
 
 QUIET = dict(progress=False, log=lambda *_: None)
@@ -79,27 +77,13 @@ def test_cache_hit_reads_footers_not_pages(tmp_path, checkpoints, monkeypatch):
     assert features.cached(sharded) is None and store.list_runs(tmp_path / "b") == []
 
 
-SLOW_EXTRACT = """
-import sys, time
-import core.data.h5 as h5
-orig = h5.H5Dataset._load
-def slow(self, rows):
-    time.sleep(0.25)
-    return orig(self, rows)
-h5.H5Dataset._load = slow
-from core.__main__ import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 @pytest.mark.slow
 def test_killed_sharded_run_resumes_with_only_missing_parts(tmp_path, checkpoints):
     h5 = write_galaxy10_h5(tmp_path / "g10.h5", n=120)
     cache = tmp_path / "c"
     args = ["extract", "--dataset", f"h5:{h5}", "--model", f"dir:{checkpoints['dinov2-head']}", "--batch-size", "8",
             "--shard-rows", "24", "--cache", str(cache)]
-    proc = subprocess.Popen([sys.executable, "-c", SLOW_EXTRACT, *args], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_slow_cli(args, 0.25)
     deadline = time.time() + 120
     done = []
     while time.time() < deadline and len(done) < 2:

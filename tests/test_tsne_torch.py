@@ -14,6 +14,7 @@ from core import knn as knn_mod  # noqa: E402
 from core import mapstore  # noqa: E402
 from core import projection as proj  # noqa: E402
 from core import tsne_torch  # noqa: E402
+from core.tsne_neighbours import ExactNeighbours  # noqa: E402
 from projection import clustered_features  # noqa: E402  (bench/projection.py's generator)
 from tests.projection_fixtures import blobs, write_features  # noqa: E402
 
@@ -112,7 +113,7 @@ def test_affinities_are_openTSNE_affinities():
 
     X, _ = blobs(800, d=16, n_classes=4, seed=2)
     rows, cols, P = tsne_torch.joint_affinities(*knn_mod.knn(X, 90), 30.0, "cpu")
-    theirs = PerplexityBasedNN(perplexity=30, knn_index=proj._ExactNeighbours(X, 90)).P.tocoo()
+    theirs = PerplexityBasedNN(perplexity=30, knn_index=ExactNeighbours(X, 90)).P.tocoo()
     ours = np.zeros((800, 800))
     ours[rows.numpy(), cols.numpy()] = P.numpy()
     ref = np.zeros((800, 800))
@@ -154,7 +155,7 @@ def five_thousand():
     from openTSNE.affinity import PerplexityBasedNN
 
     X, _ = clustered_features(5000, 768, seed=1)
-    aff = PerplexityBasedNN(perplexity=30, knn_index=proj._ExactNeighbours(X, 90), n_jobs=1)
+    aff = PerplexityBasedNN(perplexity=30, knn_index=ExactNeighbours(X, 90), n_jobs=1)
     init = openTSNE.initialization.pca(X, random_state=42)
     theirs = np.asarray(openTSNE.TSNE(negative_gradient_method="fft", n_jobs=1, random_state=42).fit(
         affinities=aff, initialization=init))

@@ -1,0 +1,48 @@
+"""A cache hit costs nothing: reading the cache imports neither torch nor the map and
+learning libraries, only computing does (docs/CONTRACTS.md, "Imports").
+
+Modules on the cache-hit path (the CLI verbs, `core.features`, `core.models`,
+`core.projection`, `core.mapstore`, the dashboard) import torch, transformers,
+openTSNE, scikit-learn, umap-learn and scipy inside the functions that compute;
+compute-only modules (`core.finetune`, `core.knn`, `core.tsne_neighbours`, ...)
+import them at the top and are themselves imported inside those functions.
+The demo's own cache hit and the dashboard's first view are checked in
+tests/test_demo.py.
+"""
+import pkgutil
+import subprocess
+import sys
+
+import pytest
+
+import dashboard.views
+from tests.conftest import REPO, subprocess_timeout
+
+HEAVY = ("torch", "transformers", "openTSNE", "sklearn", "umap", "scipy")
+
+# every module a cache hit goes through, and the dashboard's
+CACHE_HIT_PATH = [
+    "core.__main__", "core.demo", "core.features", "core.models", "core.pooling", "core.timm_encoder",
+    "core.mapstore", "core.projection", "core.mapquality", "core.listing", "core.evaluation", "core.layers",
+    "core.layerfeatures", "core.anomaly", "core.attention", "core.lookup", "core.data",
+    "dashboard.data", *(f"dashboard.views.{m.name}" for m in pkgutil.iter_modules(dashboard.views.__path__)),
+]
+
+
+def heavy_modules_after(code: str, env: dict | None = None) -> list[str]:
+    """The heavy libraries in ``sys.modules`` after running ``code`` in a fresh interpreter."""
+    probe = f"{code}\nimport sys\nprint(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    r = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True,
+                       timeout=subprocess_timeout(), env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stdout.strip().splitlines()[-1].split() if r.stdout.strip() else []
+
+
+def test_modules_on_the_cache_hit_path_import_no_heavy_library():
+    assert heavy_modules_after("\n".join(f"import {m}" for m in CACHE_HIT_PATH)) == []
+
+
+@pytest.mark.slow
+def test_the_probe_sees_a_heavy_import():
+    """The check above can fail: a compute-only module does import them."""
+    assert "openTSNE" in heavy_modules_after("import core.tsne_neighbours")
