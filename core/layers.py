@@ -234,6 +234,14 @@ def layer_scores(features_key: str, cache=None, k: int = 10, C: float = 1.0, pro
         if (hit := _read_json(path)) is not None:
             return hit
         start = time.perf_counter()
+        twin = _scored_twin(run, cache, k, C)
+        if twin is not None:  # e.g. a head-only run: the frozen generic blocks, already scored
+            result = {**twin, "features_run": features_key, "model": run.get("model"), "mode": run.get("mode"),
+                      "same_blocks_as": twin["features_run"], "seconds": round(time.perf_counter() - start, 2),
+                      "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            store.write_json(path, result)
+            _say(progress, f"same blocks as {twin['features_run']}: its scores ({path})")
+            return result
         result = {"kind": "layer-scores", "features_run": features_key, "model": run.get("model"),
                   "mode": run.get("mode"), "dataset": run.get("dataset"), "unit": run.get("unit", "block"),
                   "layers": run.get("layers"), "k": k, "C": C, "max_iter": 100, "scores": [],
@@ -256,6 +264,27 @@ def layer_scores(features_key: str, cache=None, k: int = 10, C: float = 1.0, pro
         store.write_json(path, result)
     _say(progress, f"wrote {path}")
     return result
+
+
+def _scored_twin(run: dict, cache, k: int, C: float) -> dict | None:
+    """The cached scores of another run whose stored blocks are this run's bit for bit (same
+    galaxies, labels and splits), or None. A head-only run and its generic base are such twins."""
+    for other in lf.layer_runs(cache):
+        if (other["key"] == run["key"] or other.get("dataset") != run.get("dataset")
+                or other.get("rows") != run.get("rows") or other.get("layers") != run.get("layers")
+                or other.get("kinds", lf.KINDS) != run.get("kinds", lf.KINDS)):
+            continue
+        scores = _read_json(_analysis_path(cache, "scores", ANALYSIS_VERSION, other["key"], other.get("layers"), k, C))
+        if scores is None or scores.get("same_blocks_as"):
+            continue
+        if all(_same_arrays(lf.read_layer(run["path"], layer, kind), lf.read_layer(other["path"], layer, kind))
+               for layer in run["layers"] for kind in run.get("kinds", lf.KINDS)):
+            return scores
+    return None
+
+
+def _same_arrays(a: tuple, b: tuple) -> bool:
+    return all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a, b))
 
 
 def cached_cka(key_a: str, key_b: str, cache=None) -> dict | None:

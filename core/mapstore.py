@@ -144,15 +144,23 @@ def get_projection(features_key: str, method: str, cache=None, params=None, alig
     if hit is not None:
         return hit
     run = features_run(features_key, cache)
-    reference = None
+    reference = reference_prov = None
     if align_to:  # before taking our lock: the reference map has its own
-        reference, _ = get_projection(align_to, method, cache, params, None, progress)
+        reference, reference_prov = get_projection(align_to, method, cache, params, None, progress)
     with store.compute_lock(path):
         hit = _read(path)  # someone computed it while we waited
         if hit is not None:
             return hit
         _say(progress, f"reading features {features_key} ({run.get('rows')} x {run.get('dim')})")
         rows, X = load_features(run)
+        if reference is not None and _same_features(rows, X, align_to, cache):
+            # e.g. a head-only run: its backbone is the generic one, so its map is the generic map
+            _say(progress, f"same features as {align_to}: its map, unchanged")
+            _write(path, run, method, params, align_to, rows["row"].to_numpy(np.int64), rows["id"].to_numpy(),
+                   reference[["x", "y"]].to_numpy(np.float32), same_features_as=align_to,
+                   **{k: v for k in ("fitted_params", "implementation", "quality", "feature_quality", "versions")
+                      if (v := reference_prov.get(k)) is not None}, seconds=0.0)
+            return _read(path)
         init = _initial_coordinates(rows["id"].to_numpy(), X, reference) if reference is not None else None
         _say(progress, f"{NAMES[method]} of {len(X):,} points" + (f", starting from the map of {align_to}" if align_to else ""))
         start = time.perf_counter()
@@ -177,6 +185,14 @@ def get_projection(features_key: str, method: str, cache=None, params=None, alig
     if hit is None:  # pragma: no cover - the file we just wrote must read back
         raise RuntimeError(f"projection {path} did not read back after writing")
     return hit
+
+
+def _same_features(rows, X, other_key: str, cache) -> bool:
+    """Whether the features run ``other_key`` holds the very same vectors for the same galaxies in
+    the same order (bit for bit), so a map of one is a map of the other."""
+    other_rows, Y = load_features(features_run(other_key, cache))
+    return (X.shape == Y.shape and np.array_equal(rows["id"].to_numpy(), other_rows["id"].to_numpy())
+            and np.array_equal(X, Y))
 
 
 def _write(path, run: dict, method: str, params: dict, align_to, rows, ids, xy, **fields):

@@ -71,7 +71,7 @@ def test_reading_names_the_changed_blocks_and_the_early_separable_one():
                     "stage). Separability grows up to the last stage (probe macro F1 0.60).")
 
 
-def test_cached_analyses_on_extracted_layers(tmp_path, checkpoints):
+def test_cached_analyses_on_extracted_layers(tmp_path, checkpoints, monkeypatch):
     import core.features as features
 
     torch.set_num_threads(1)
@@ -94,3 +94,25 @@ def test_cached_analyses_on_extracted_layers(tmp_path, checkpoints):
     assert L.cached_cka(runs["dinov2"], runs["vit"], tmp_path) == other
     with pytest.raises(L.UserError, match="--layers all"):
         L.layer_scores("0123456789abcdef", tmp_path)
+
+    # the same blocks under another checkpoint (as a head-only run has its generic base's): scores
+    # are taken over, not fitted again; the ViT run's blocks differ, so its scores are its own
+    import json
+    import shutil
+
+    twin = tmp_path / "twin"
+    shutil.copytree(checkpoints["dinov2"], twin)
+    config = json.loads((twin / "config.json").read_text())
+    (twin / "config.json").write_text(json.dumps({**config, "id2label": {"0": "a", "1": "b"},
+                                                  "label2id": {"a": 0, "b": 1}}))
+    path, _, _ = features.extract(data, f"dir:{twin}", cache=tmp_path, progress=False, layers="all",
+                                  log=lambda *_: None)
+    assert path.stem != runs["dinov2"]
+    fitted = []
+    real_probe = L.linear_probe
+    monkeypatch.setattr(L, "linear_probe", lambda *a, **k: fitted.append(1) or real_probe(*a, **k))
+    t = L.layer_scores(path.stem, tmp_path, progress=False)
+    assert fitted == [] and t["same_blocks_as"] == runs["dinov2"] and t["features_run"] == path.stem
+    assert t["scores"] == s["scores"]
+    v = L.layer_scores(runs["vit"], tmp_path, progress=False)
+    assert len(fitted) == len(v["scores"]) > 0 and "same_blocks_as" not in v

@@ -319,6 +319,25 @@ def test_aligned_map_through_the_cache(cache):
         mapstore.get_projection(generic, "tsne", root, align_to=generic)
 
 
+def test_a_head_only_run_gets_the_generic_map_itself(tmp_path, data, monkeypatch):
+    """Head-only training leaves the backbone as it was, so its features are the generic ones bit for
+    bit: its aligned map is the generic map (not a re-optimised copy that looks slightly changed)."""
+    X, labels = data
+    generic = write_features(tmp_path, X, labels)
+    head = write_features(tmp_path, X.copy(), labels, model="demo:head", mode="head")
+    moved = write_features(tmp_path, X + np.float32(1e-3), labels, model="demo:full", mode="full")
+    ref, ref_prov = mapstore.get_projection(generic, "pca", tmp_path, progress=False)
+    fits = []
+    real_fit = mapstore.proj.fit
+    monkeypatch.setattr(mapstore.proj, "fit", lambda *a, **k: fits.append(a[0]) or real_fit(*a, **k))
+    df, prov = mapstore.get_projection(head, "pca", tmp_path, align_to=generic, progress=False)
+    assert fits == [] and prov["same_features_as"] == generic and prov["aligned_to"] == generic
+    np.testing.assert_array_equal(df[["x", "y"]].to_numpy(), ref[["x", "y"]].to_numpy())
+    assert prov["quality"] == ref_prov["quality"] and prov["mode"] == "head"
+    df, prov = mapstore.get_projection(moved, "pca", tmp_path, align_to=generic, progress=False)
+    assert fits == ["pca"] and "same_features_as" not in prov  # other features: a map of their own
+
+
 def test_align_with_galaxies_missing_from_the_reference(tmp_path, data):
     X, labels = data
     ref = write_features(tmp_path, X[40:], labels[40:], ids=[f"g{i:05d}" for i in range(40, N)])
