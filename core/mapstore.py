@@ -249,7 +249,25 @@ def _feature_quality(features_key, cache, labels, X, run) -> dict | None:
             return other["feature_quality"]
     if len(np.unique(labels[labels >= 0])) < 2 or (labels >= 0).sum() <= 10:
         return None
-    return proj.feature_space_quality(X, labels, run.get("class_names"))
+    quality = proj.feature_space_quality(X, labels, run.get("class_names"))
+    quality["test_knn_accuracy"] = _test_split_knn(run, labels, X)
+    return quality
+
+
+def _test_split_knn(run, labels, X, k: int = 10) -> float | None:
+    """kNN accuracy on the run's test split: each labelled test galaxy voted on by its ``k``
+    nearest labelled train galaxies (cosine, as the Layers view and the DINO papers score a
+    frozen backbone); None without labelled galaxies in both splits."""
+    from .layers import knn_accuracy
+
+    table = store.read_table(run["path"], columns=["split"])
+    if table is None:
+        return None
+    splits = table.column("split").to_numpy(zero_copy_only=False).astype(str)
+    train, test = (splits == "train") & (labels >= 0), (splits == "test") & (labels >= 0)
+    if not train.any() or not test.any() or len(np.unique(labels[train])) < 2:
+        return None
+    return knn_accuracy(X[train], labels[train], X[test], labels[test], k)
 
 
 def _versions(method: str, implementation: str = "") -> dict:

@@ -38,10 +38,10 @@ def test_demo_builds_everything_the_dashboard_needs(demo_cache):
     evals = {r["features_run"]: r for r in runs if r["kind"] == "evaluation"}
     f1_full = evals[synthetic["demo:full"]["key"]]["macro_f1"]
     f1_head = evals[synthetic["demo:head"]["key"]]["macro_f1"]
-    # issue 10's targets (measured: head 0.63, full 0.80, generic kNN 0.664, README); the bounds
-    # leave a little room for float noise from other thread counts
-    assert f1_full >= 0.76, f1_full  # the full finetune genuinely learns
-    assert f1_head >= 0.53, f1_head  # the self-supervised generic features already carry the classes
+    # issue 10's targets (measured with 2 threads: head 0.727, full 0.848, generic kNN 0.736 and
+    # 0.728 on the test split, README); the bounds leave room for float noise from other thread counts
+    assert f1_full >= 0.80, f1_full  # the full finetune genuinely learns
+    assert f1_head >= 0.60, f1_head  # the self-supervised generic features already carry the classes
     assert 0.10 <= f1_full - f1_head <= 0.35, (f1_full, f1_head)  # the paper's DINOv2: 0.25
     summary = json.loads((cache / "evaluations" / "summary.json").read_text())
     assert any(abs(row["delta_f1"] - (f1_full - f1_head)) < 1e-9 for row in summary["delta_f1"])
@@ -50,7 +50,11 @@ def test_demo_builds_everything_the_dashboard_needs(demo_cache):
     tsne = {r["features_run"]: r for r in maps if r["method"] == "tsne"}
     g, f = tsne[synthetic["demo:generic"]["key"]], tsne[synthetic["demo:full"]["key"]]
     assert f["aligned_to"] == synthetic["demo:generic"]["key"] and g["aligned_to"] is None
-    assert g["feature_quality"]["knn_accuracy"] >= 0.64, g["feature_quality"]  # generic already groups galaxies
+    assert g["feature_quality"]["knn_accuracy"] >= 0.70, g["feature_quality"]  # generic already groups galaxies
+    assert g["feature_quality"]["test_knn_accuracy"] >= 0.68, g["feature_quality"]  # on the test split too (≥ 0.65)
+    # head-only training leaves the backbone as it was: its map is the generic map itself
+    h = tsne[synthetic["demo:head"]["key"]]
+    assert h["same_features_as"] == synthetic["demo:generic"]["key"], h
     # generic and full maps differ visibly: classes separate after finetuning
     assert f["feature_quality"]["silhouette"] > g["feature_quality"]["silhouette"] + 0.1
     assert f["feature_quality"]["knn_accuracy"] > g["feature_quality"]["knn_accuracy"] + 0.1

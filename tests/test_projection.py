@@ -319,6 +319,23 @@ def test_aligned_map_through_the_cache(cache):
         mapstore.get_projection(generic, "tsne", root, align_to=generic)
 
 
+def test_feature_quality_scores_the_test_split_against_the_train_split(tmp_path):
+    """test_knn_accuracy votes each test galaxy among the train galaxies only: here the test galaxies'
+    features sit on the wrong class's train galaxies, which a leave-one-out vote over all would miss
+    (test galaxies of one class are each other's nearest neighbours)."""
+    rng = np.random.default_rng(0)
+    n = 200
+    labels = np.arange(n) % 2
+    test = (np.arange(n) % 5) == 0  # write_features: every 5th galaxy is a test galaxy
+    centres = np.array([[10.0, 0, 0, 0], [0, 10.0, 0, 0]], np.float32)
+    X = centres[labels] + rng.normal(0, 0.5, (n, 4)).astype(np.float32)
+    X[test] = centres[1 - labels[test]] + np.float32([0, 0, 5.0, 0]) * (1 + labels[test, None])
+    key = write_features(tmp_path, X, labels)
+    _, prov = mapstore.get_projection(key, "pca", tmp_path, progress=False)
+    fq = prov["feature_quality"]
+    assert fq["test_knn_accuracy"] == 0.0 and fq["knn_accuracy"] > 0.9
+
+
 def test_a_head_only_run_gets_the_generic_map_itself(tmp_path, data, monkeypatch):
     """Head-only training leaves the backbone as it was, so its features are the generic ones bit for
     bit: its aligned map is the generic map (not a re-optimised copy that looks slightly changed)."""
