@@ -78,7 +78,7 @@ def exact_knn(X, k: int, queries=None) -> tuple[np.ndarray, np.ndarray]:
 
     ``queries=None`` means every row of ``X``, each excluding itself. Returns
     ``(indices int64 (m, k), squared distances float32 (m, k))``, nearest first.
-    Runs on the GPU when one is visible (bf16 products re-ranked in float32,
+    Runs on the GPU when one is visible (TF32 products re-ranked in float32,
     certified exact: see :mod:`core.knn`).
     """
     from .knn import knn

@@ -4,7 +4,7 @@ repulsion (Linderman et al. 2019, "FIt-SNE"), so it runs on a GPU and on the CPU
 Steps, each as openTSNE 1.0 does them:
 
 1. exact kNN, k = 3 x perplexity (:mod:`core.knn`: chunked products; on CUDA
-   bf16 re-ranked in float32);
+   TF32 re-ranked in float32);
 2. Gaussian bandwidths by binary search on each point's entropy (tolerance
    1e-8, at most 200 steps), symmetrised ``P = (P + P.T) / 2``, normalised to 1;
 3. PCA start rescaled to standard deviation 1e-4 with 1% jitter;
