@@ -27,6 +27,8 @@ from __future__ import annotations
 import math
 import sys
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -261,7 +263,9 @@ def tsne(X, perplexity: float = 30.0, seed: int = 42, init=None, n_iter: int = 5
     rows, cols, P = joint_affinities(idx, d2, perplexity, dev)
     lap("affinities")
     if init is None:
-        Y = pca_start(torch.as_tensor(X, device=dev), seed)
+        with warnings.catch_warnings():  # X may be a read-only view of the cache; pca_start only reads it
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            Y = pca_start(torch.as_tensor(X, device=dev), seed)
         phases = [(early_exaggeration_iter, early_exaggeration, 0.5), (n_iter, 1.0, 0.8)]
     else:
         Y = torch.as_tensor(np.asarray(init, dtype=np.float64) - np.mean(init, axis=0), device=dev).float()
