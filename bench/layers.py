@@ -17,6 +17,7 @@ bench/results/layers-<model>-<device>.json.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import platform
 import statistics
@@ -110,21 +111,30 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=list(MODELS), default="demo")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--n", type=int, default=3000, help="galaxies (synthetic, 64 px)")
+    p.add_argument("--n", type=int, default=3000, help="galaxies")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--images", choices=("synthetic", "memory"),
+                   help="synthetic: rendered 64-px galaxies (rendering runs inside the timed passes; the CPU "
+                   "default); memory: Galaxy10-shaped 256-px uint8 images held in RAM, as bench/extract.py "
+                   "times a GPU (the default with --device cuda)")
     args = p.parse_args()
+    args.images = args.images or ("memory" if args.device == "cuda" else "synthetic")
 
     import torch
 
     from core.data import open_dataset
 
     torch.set_num_threads(args.threads)
-    dataset = open_dataset(f"synthetic:galaxy10?n={args.n}&size=64&seed=42")
+    if args.images == "memory":
+        sys.path.insert(0, str(ROOT / "bench"))
+        dataset = importlib.import_module("extract").memory_dataset(args.n)
+    else:
+        dataset = open_dataset(f"synthetic:galaxy10?n={args.n}&size=64&seed=42")
     with tempfile.TemporaryDirectory() as root:
         ref = make_checkpoint(args.model, Path(root))
-        result = {"model": args.model, "device": args.device, "n": args.n, "threads": args.threads,
+        result = {"model": args.model, "device": args.device, "n": args.n, "images": args.images, "threads": args.threads,
                   "machine": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or platform.machine(),
                   "extraction": extraction(ref, dataset, args.device, args.repeats, args.batch_size),
                   "attention_one_galaxy": attention(ref, dataset, args.device)}
