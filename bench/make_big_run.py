@@ -40,9 +40,9 @@ from core import cache as store  # noqa: E402
 from core import mapstore  # noqa: E402
 from core import projection as proj  # noqa: E402
 from core.data.base import GALAXY10_CLASSES, GALAXY10_COUNTS  # noqa: E402
+from tests.dashboard_fixtures import DISTURBED, LOOSE, TIGHT, island_centres  # noqa: E402
 from tests.features_fixtures import fixed_list  # noqa: E402
 
-TIGHT, LOOSE, DISTURBED = 6, 7, 0
 CHUNK = 100_000
 
 
@@ -79,15 +79,9 @@ def predictions(labels, rng, accuracy: float = 0.86):
 
 def island_layout(labels, rng) -> np.ndarray:
     """A t-SNE-like picture: one island per class, Tight and Loose touching, Disturbed spread."""
-    k = len(GALAXY10_CLASSES)
-    angle = 2 * np.pi * np.arange(k) / k
-    at = np.stack([np.cos(angle), np.sin(angle)], 1) * 60
-    at[LOOSE] = at[TIGHT] * 0.75 + at[LOOSE] * 0.25
-    own = labels.copy()
-    dist = own == DISTURBED
-    own[dist] = rng.integers(k, size=int(dist.sum()))
+    at = island_centres(labels, 60, 0.25, rng)
     spread = 2.0 + rng.gamma(2.0, 1.5, len(labels))[:, None]  # dense cores, thin halos
-    return (at[own] + rng.normal(0, 1, (len(labels), 2)) * spread).astype(np.float32)
+    return (at + rng.normal(0, 1, (len(labels), 2)) * spread).astype(np.float32)
 
 
 def schema(dim: int, k: int) -> pa.Schema:

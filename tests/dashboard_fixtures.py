@@ -72,16 +72,24 @@ def _embeddings(labels, centres, strength, noise, rng):
     return (strength * c + x).astype(np.float32)
 
 
-def _layout(labels, separation, rng):
-    """A t-SNE-like 2-D layout: one island per class, spread by ``separation``."""
+def island_centres(labels, radius: float, loose_weight: float, rng) -> np.ndarray:
+    """(n, 2) centre of each galaxy's island in a t-SNE-like picture: one island per class on a
+    circle of ``radius``, Loose Spiral moved towards Tight Spiral (keeping ``loose_weight`` of its
+    own place), a Disturbed galaxy in a random class's island. Shared by these fixtures and
+    bench/make_big_run.py, which add their own spread."""
     k = len(GALAXY10_CLASSES)
     angle = 2 * np.pi * np.arange(k) / k
-    centres = np.stack([np.cos(angle), np.sin(angle)], 1) * 30
-    centres[LOOSE] = centres[TIGHT] * 0.8 + centres[LOOSE] * 0.2
-    lab = labels.copy()
-    dist = lab == DISTURBED
-    lab[dist] = rng.integers(k, size=int(dist.sum()))
-    xy = centres[lab] * separation + rng.normal(0, 6, (len(labels), 2))
+    centres = np.stack([np.cos(angle), np.sin(angle)], 1) * radius
+    centres[LOOSE] = centres[TIGHT] * (1 - loose_weight) + centres[LOOSE] * loose_weight
+    own = labels.copy()
+    dist = own == DISTURBED
+    own[dist] = rng.integers(k, size=int(dist.sum()))
+    return centres[own]
+
+
+def _layout(labels, separation, rng):
+    """A t-SNE-like 2-D layout: one island per class, spread by ``separation``."""
+    xy = island_centres(labels, 30, 0.2, rng) * separation + rng.normal(0, 6, (len(labels), 2))
     return xy.astype(np.float32)
 
 
