@@ -13,6 +13,7 @@ import json
 import sys
 import time
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -72,13 +73,15 @@ def find_features(dataset: str, model: str, cache=None) -> dict:
     return runs[0]
 
 
-def load_features(run: dict) -> tuple[pd.DataFrame, np.ndarray]:
-    """(rows: DataFrame with row, id, label; X: (n, d) float32) of a features run."""
-    table = store.read_table(run["path"], columns=["row", "id", "label", "embedding"])
+def load_features(run: dict, extra: tuple[str, ...] = ()) -> tuple[pd.DataFrame, np.ndarray]:
+    """(rows: DataFrame with row, id, label and the ``extra`` columns; X: (n, d) float32) of a
+    features run."""
+    names = ["row", "id", "label", *extra]
+    table = store.read_table(run["path"], columns=[*names, "embedding"])
     if table is None:
         raise UserError(f"features file {run['path']} is unreadable or incomplete; extract it again")
     X = embedding_matrix(table.column("embedding"), run.get("dim") or 0)
-    rows = table.select(["row", "id", "label"]).to_pandas()
+    rows = table.select(names).to_pandas()
     return rows, X
 
 
@@ -152,7 +155,7 @@ def get_projection(features_key: str, method: str, cache=None, params=None, alig
         if hit is not None:
             return hit
         _say(progress, f"reading features {features_key} ({run.get('rows')} x {run.get('dim')})")
-        rows, X = load_features(run)
+        rows, X = load_features(run, extra=("split",))  # the split: for the test-split kNN score
         if reference is not None and _same_features(rows, X, align_to, cache):
             # e.g. a head-only run: its backbone is the generic one, so its map is the generic map
             _say(progress, f"same features as {align_to}: its map, unchanged")
@@ -174,7 +177,7 @@ def get_projection(features_key: str, method: str, cache=None, params=None, alig
         _say(progress, f"scoring the map and the feature space ({seconds:.1f} s so far)")
         quality_start = time.perf_counter()
         quality = proj.map_quality(X, fitted.embedding, k=min(10, (len(X) - 1) // 2))  # k < 10 only for tiny runs
-        feature_quality = _feature_quality(features_key, cache, rows["label"].to_numpy(), X, run)
+        feature_quality = _feature_quality(features_key, cache, rows, X, run)
         _write(path, run, method, params, align_to, rows["row"].to_numpy(np.int64), rows["id"].to_numpy(),
                fitted.embedding, fitted_params=fit_params, implementation=fitted.implementation or None,
                quality=quality, feature_quality=feature_quality, seconds=round(seconds, 3),
@@ -189,10 +192,32 @@ def get_projection(features_key: str, method: str, cache=None, params=None, alig
 
 def _same_features(rows, X, other_key: str, cache) -> bool:
     """Whether the features run ``other_key`` holds the very same vectors for the same galaxies in
-    the same order (bit for bit), so a map of one is a map of the other."""
-    other_rows, Y = load_features(features_run(other_key, cache))
+    the same order (bit for bit), so a map of one is a map of the other. Runs of another size or
+    whose first vectors differ are told apart without reading the whole other run."""
+    other = features_run(other_key, cache)
+    if other.get("rows") not in (None, len(X)) or other.get("dim") not in (None, X.shape[1]):
+        return False
+    head = _first_embeddings(other["path"], min(len(X), 256))
+    if head is not None and not np.array_equal(head, X[:len(head)]):
+        return False
+    other_rows, Y = load_features(other)
     return (X.shape == Y.shape and np.array_equal(rows["id"].to_numpy(), other_rows["id"].to_numpy())
             and np.array_equal(X, Y))
+
+
+def _first_embeddings(path, n: int) -> np.ndarray | None:
+    """The first ``n`` vectors of a features file or sharded run (one batch read), or None."""
+    import pyarrow.parquet as pq
+
+    try:
+        if Path(path).is_dir():
+            from .shards import parts
+
+            path = parts(path)[0]
+        batch = next(pq.ParquetFile(path).iter_batches(batch_size=n, columns=["embedding"]))
+    except Exception:  # unreadable here: the full comparison decides (and reports a damaged file)
+        return None
+    return embedding_matrix(batch.column("embedding"))
 
 
 def _write(path, run: dict, method: str, params: dict, align_to, rows, ids, xy, **fields):
@@ -240,30 +265,27 @@ def place_run(features_key: str, method: str, new_features_key: str, cache=None,
     return rows.assign(x=xy[:, 0], y=xy[:, 1])
 
 
-def _feature_quality(features_key, cache, labels, X, run) -> dict | None:
+def _feature_quality(features_key, cache, rows, X, run) -> dict | None:
     """The feature space's kNN accuracy and silhouette: copied from another map of
     the same features if there is one (it depends on the features only), else
     computed; None without labels of at least two classes."""
     for other in store.list_runs(cache):
         if other["kind"] == "projection" and other.get("features_run") == features_key and other.get("feature_quality"):
             return other["feature_quality"]
+    labels = rows["label"].to_numpy()
     if len(np.unique(labels[labels >= 0])) < 2 or (labels >= 0).sum() <= 10:
         return None
     quality = proj.feature_space_quality(X, labels, run.get("class_names"))
-    quality["test_knn_accuracy"] = _test_split_knn(run, labels, X)
+    quality["test_knn_accuracy"] = _test_split_knn(labels, rows["split"].to_numpy().astype(str), X)
     return quality
 
 
-def _test_split_knn(run, labels, X, k: int = 10) -> float | None:
-    """kNN accuracy on the run's test split: each labelled test galaxy voted on by its ``k``
-    nearest labelled train galaxies (cosine, as the Layers view and the DINO papers score a
-    frozen backbone); None without labelled galaxies in both splits."""
+def _test_split_knn(labels, splits, X, k: int = 10) -> float | None:
+    """kNN accuracy on the test split: each labelled test galaxy voted on by its ``k`` nearest
+    labelled train galaxies (cosine, as the Layers view and the DINO papers score a frozen
+    backbone); None without labelled galaxies in both splits."""
     from .layers import knn_accuracy
 
-    table = store.read_table(run["path"], columns=["split"])
-    if table is None:
-        return None
-    splits = table.column("split").to_numpy(zero_copy_only=False).astype(str)
     train, test = (splits == "train") & (labels >= 0), (splits == "test") & (labels >= 0)
     if not train.any() or not test.any() or len(np.unique(labels[train])) < 2:
         return None

@@ -353,6 +353,11 @@ def test_a_head_only_run_gets_the_generic_map_itself(tmp_path, data, monkeypatch
     assert prov["quality"] == ref_prov["quality"] and prov["mode"] == "head"
     df, prov = mapstore.get_projection(moved, "pca", tmp_path, align_to=generic, progress=False)
     assert fits == ["pca"] and "same_features_as" not in prov  # other features: a map of their own
+    tail = X.copy()
+    tail[-1] += np.float32(1e-3)  # the same first vectors, one differs at the end
+    late = write_features(tmp_path, tail, labels, model="demo:late", mode="full")
+    _, prov = mapstore.get_projection(late, "pca", tmp_path, align_to=generic, progress=False)
+    assert fits == ["pca", "pca"] and "same_features_as" not in prov
 
 
 def test_align_with_galaxies_missing_from_the_reference(tmp_path, data):
