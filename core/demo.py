@@ -27,7 +27,7 @@ from .errors import UserError
 
 DATASET = "synthetic:galaxy10?n=3000&size=64&seed=42"
 EXAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "galaxyzoo-decals-examples"
-RECIPE = 3  # bump when the demo's models or training change, so old demo checkpoints are rebuilt
+RECIPE = 4  # bump when the demo's models or training change, so old demo checkpoints are rebuilt
 
 # The generic model: a 0.83M-parameter DINOv2-architecture ViT (64 px, patch 8), DINO-pretrained on
 # synthetic galaxies of another seed; how it was trained is in its folder (COMMAND.md, training_log.json).
@@ -37,7 +37,7 @@ GENERIC_WEIGHTS = Path(__file__).resolve().parent / "weights" / "demo-generic"
 # ~0.8), so the linear head needs a large learning rate; one view (no flips) keeps the backbone pass single.
 TRAINING = {
     "head": dict(mode="head", head="linear", epochs=100, lr=0.1, batch_size=128, schedule="linear", augment=False),
-    "full": dict(mode="full", head="linear", epochs=12, lr=1e-3, batch_size=64, schedule="onecycle",
+    "full": dict(mode="full", head="linear", epochs=14, lr=1e-3, batch_size=64, schedule="onecycle",
                  weight_decay=0.05),
 }
 GENERIC_NOTE = ("self-supervised DINOv2-architecture model (0.83M parameters) pretrained with DINO on "

@@ -12,7 +12,7 @@ from core.evaluation import classification_report
 from core.heads import HEADS, MLPHead, build_head, head_spec
 from core.models import load_checkpoint
 
-QUIET = dict(progress=False, log=lambda *a: None, device="cpu")  # exact F1 checks need fp32
+QUIET = dict(progress=False, log=lambda *a: None, device="cpu", precision="fp32")  # exact F1 checks need fp32
 
 
 def shapes(n: int = 64, size: int = 32, seed: int = 0) -> np.ndarray:
@@ -219,6 +219,49 @@ def test_finetune_extract_evaluate(tmp_path, ckpts, capsys):
     assert main(["finetune", "--dataset", src, "--model", f"dir:{ckpts['vit']}", "--mode", "head",
                  "--out", str(tmp_path)]) == 2
     assert "not a checkpoint folder" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bf16_on_the_cpu_trains_with_eager_attention_and_saves_a_standard_checkpoint(data, ckpts, tmp_path,
+                                                                                      monkeypatch):
+    """--precision bf16 on a CPU (what auto picks where the CPU has native bf16): autocast, the
+    attention eager while training (PyTorch's CPU SDPA is slower in bf16), SDPA again after."""
+    seen = []
+    train_full = ft._train_full
+
+    def spy(r, *args):
+        with ft._autocast(r):
+            seen.append((r.ck.backbone.config._attn_implementation, torch.is_autocast_enabled("cpu"),
+                         torch.get_autocast_dtype("cpu")))
+        return train_full(r, *args)
+
+    monkeypatch.setattr(ft, "_train_full", spy)
+    quiet = {**QUIET, "precision": "bf16"}
+    out = ft.finetune(data, f"dir:{ckpts['dinov2']}", "full", "linear", epochs=6, lr=3e-3, batch_size=16,
+                      out=tmp_path / "bf16", **quiet)
+    assert seen == [("eager", True, torch.bfloat16)]
+    log = json.loads((out / "training_log.json").read_text())
+    assert log["dtype"] == "bfloat16 autocast" and log["history"][-1]["train_loss"] < log["history"][0]["train_loss"]
+    ck = load_checkpoint(f"dir:{out}")  # plain fp32 on the CPU, SDPA as every checkpoint loads
+    assert ck.dtype == torch.float32 and ck.backbone.config._attn_implementation == "sdpa"
+    assert abs(_val_f1(ck, data) - log["val_macro_f1"]) < 0.15  # bf16 may flip a borderline galaxy
+    # fp32 asked for: no autocast, SDPA kept
+    seen.clear()
+    ft.finetune(data, f"dir:{ckpts['dinov2']}", "full", "linear", epochs=1, batch_size=16, out=tmp_path / "fp32",
+                **QUIET)
+    assert seen == [("sdpa", False, torch.bfloat16)]
+    assert json.loads((tmp_path / "fp32" / "explorer.json").read_text())["dtype"] == "float32"
+
+
+def test_precision_auto_follows_the_device_and_bad_values_are_refused(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert ft._use_bf16("auto", cuda) and ft._use_bf16("bf16", cpu) and not ft._use_bf16("fp32", cuda)
+    monkeypatch.setattr(ft, "cpu_has_bf16", lambda: False)
+    assert not ft._use_bf16("auto", cpu)  # emulated bf16 is slower than fp32
+    monkeypatch.setattr(ft, "cpu_has_bf16", lambda: True)
+    assert ft._use_bf16("auto", cpu)
+    with pytest.raises(ft.UserError, match="unknown precision 'fp16'"):
+        ft._use_bf16("fp16", cpu)
 
 
 @pytest.mark.slow

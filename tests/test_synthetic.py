@@ -1,6 +1,8 @@
 """The synthetic Galaxy10 source, as the dashboard and the demo rely on it:
 deterministic, random-access, Galaxy10-balanced, honest metadata, and classes
 that look like what they are called."""
+import pickle
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -183,3 +185,29 @@ def test_bulges_are_redder_than_discs():
         ring = np.concatenate([img[16:24, 16:48].reshape(-1, 3), img[40:48, 16:48].reshape(-1, 3)])
         redder.append(c[..., 0].sum() / c[..., 2].sum() > ring[:, 0].sum() / ring[:, 2].sum())
     assert np.mean(redder) > 0.8
+
+
+def test_a_small_set_renders_each_galaxy_once_and_gives_the_same_pixels(monkeypatch):
+    """The demo's finetunes and extractions read the set several times in one process:
+    each row is rendered once, and what comes back is what a fresh render gives."""
+    import core.data.synthetic as syn
+    from core.data import open_dataset
+
+    ref = "synthetic:galaxy10?n=40&size=32&seed=5"
+    fresh = open_dataset(ref).batch(np.arange(40))
+    calls = []
+    render = syn.render_galaxy
+    monkeypatch.setattr(syn, "render_galaxy", lambda *a: calls.append(a[2]) or render(*a))
+    ds = open_dataset(ref)
+    rows = np.array([7, 3, 7, 39, 0])
+    assert np.array_equal(ds.batch(rows), fresh[rows])
+    assert sorted(calls) == [0, 3, 7, 39]
+    out = ds.batch(np.arange(40)[::-1])
+    assert np.array_equal(out, fresh[::-1]) and len(calls) == 40
+    out[:] = 0  # a caller's copy: the kept pixels are untouched
+    assert np.array_equal(ds.batch(rows), fresh[rows]) and len(calls) == 40
+    assert pickle.loads(pickle.dumps(ds))._kept is None  # Ray workers get the recipe, not 40 images
+    monkeypatch.setattr(syn, "KEEP_BYTES", 40 * 32 * 32 * 3 - 1)  # a bigger set renders per read
+    big = open_dataset(ref)
+    big.batch(rows), big.batch(rows)
+    assert len(calls) == 40 + 10 and big._kept is None
