@@ -25,19 +25,25 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def fixed_workload(steps: int = 60, batch: int = 64, seed: int = 0) -> float:
-    """Seconds for ``steps`` AdamW steps of the demo-sized DINOv2 on random 64-px batches."""
+def fixed_workload(steps: int = 60, batch: int = 64, seed: int = 0, bf16: bool = False,
+                   attention: str | None = None) -> float:
+    """Seconds for ``steps`` AdamW steps of the demo-sized DINOv2 on random 64-px batches.
+    The defaults are issue 10's workload (fp32, transformers' default attention: SDPA);
+    ``bf16`` (CPU autocast) and ``attention`` ("eager") are for bench/cpu_precision.py."""
     import transformers as tf
 
     torch.manual_seed(seed)
+    extra = {"attn_implementation": attention} if attention else {}
     model = tf.Dinov2Model(tf.Dinov2Config(image_size=64, patch_size=8, hidden_size=128, num_hidden_layers=4,
-                                           num_attention_heads=4, mlp_ratio=4))
+                                           num_attention_heads=4, mlp_ratio=4, **extra))
     head = torch.nn.Linear(128, 10)
     opt = torch.optim.AdamW(list(model.parameters()) + list(head.parameters()), lr=1e-3)
     x, y = torch.randn(batch, 3, 64, 64), torch.randint(0, 10, (batch,))
     t = time.perf_counter()
     for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(head(model(pixel_values=x).last_hidden_state[:, 0]), y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = head(model(pixel_values=x).last_hidden_state[:, 0])
+        loss = torch.nn.functional.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

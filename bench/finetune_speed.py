@@ -1,7 +1,7 @@
 """Time finetuning of the demo-sized DINOv2 (0.83M params: 64 px, patch 8, hidden 128,
 4 layers) on N procedurally drawn 64-px images (disc vs bar, see tests/test_finetune.py).
 
-    PYTHONPATH=. python bench/finetune_speed.py [--device cuda] [--epochs 10] [--n 3000]
+    PYTHONPATH=. python bench/finetune_speed.py [--device cuda] [--epochs 10] [--n 3000] [--precision fp32]
 
 Prints seconds per mode and the validation macro F1; image content does not
 change the timing, so the quick two-class generator stands in for galaxies.
@@ -24,6 +24,7 @@ def main():
     ap.add_argument("--n", type=int, default=3000)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp32"))
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     import transformers as tf
@@ -45,7 +46,8 @@ def main():
     for mode, head, lr, schedule in (("full", "linear", 1e-3, "onecycle"), ("head", "mlp2", None, "linear")):
         t = time.time()
         out = ft.finetune(ds, f"dir:{root / 'base'}", mode, head, epochs=a.epochs, lr=lr, batch_size=a.batch_size,
-                          schedule=schedule, out=root / f"{mode}-{head}", device=a.device, progress=False,
+                          schedule=schedule, out=root / f"{mode}-{head}", device=a.device, precision=a.precision,
+                          progress=False,
                           log=lambda *x: None)
         log = json.loads((out / "training_log.json").read_text())
         print(f"{mode:4} {head:6} {a.epochs} epochs: {time.time() - t:6.1f} s  "
