@@ -71,20 +71,14 @@ def compute(ck, image: np.ndarray) -> dict:
     1 over the patches: shares of the CLS token's attention)."""
     import torch
 
+    from .models import eager_attention
+
     if not ck.has_cls:
         raise AttentionUnavailable(f"{ck.family} has no CLS token, so it has no CLS-to-patch attention map; "
                                    "its windows attend locally")
     x = ck.preprocess(torch.from_numpy(np.ascontiguousarray(image))[None].to(ck.device))
-    backbone = ck.backbone
-    before = getattr(backbone.config, "_attn_implementation", None)
-    with _SWITCH, torch.inference_mode():
-        try:
-            if before != "eager":
-                backbone.set_attn_implementation("eager")
-            out = backbone(pixel_values=x, output_attentions=True)
-        finally:
-            if before not in (None, "eager"):
-                backbone.set_attn_implementation(before)
+    with _SWITCH, torch.inference_mode(), eager_attention(ck.backbone) as backbone:
+        out = backbone(pixel_values=x, output_attentions=True)
     attentions = [a[0].float().cpu().numpy() for a in out.attentions]  # per block (heads, T, T)
     prefix = ck.num_prefix_tokens
     last = attentions[-1][:, 0, prefix:]

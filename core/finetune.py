@@ -363,21 +363,13 @@ def _autocast(r: _Run):
     return torch.autocast(r.device.type, dtype=torch.bfloat16, enabled=r.bf16)
 
 
-@contextlib.contextmanager
 def _training_attention(r: _Run):
     """bf16 on a CPU: eager attention while training (PyTorch's CPU SDPA kernel is about 2x
-    slower than eager in bf16: 8.5 s against 4.3 s for the demo model's 60-step workload),
-    set back before the checkpoint is saved."""
-    backbone = r.ck.backbone
-    before = getattr(getattr(backbone, "config", None), "_attn_implementation", None)
-    switch = r.bf16 and r.device.type == "cpu" and before == "sdpa" and hasattr(backbone, "set_attn_implementation")
-    if switch:
-        backbone.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        if switch:
-            backbone.set_attn_implementation(before)
+    slower than eager in bf16: 8.4 s against 4.3 s for the demo model's 60-step workload,
+    bench/cpu_precision.py), set back before the checkpoint is saved."""
+    from .models import eager_attention
+
+    return eager_attention(r.ck.backbone) if r.bf16 and r.device.type == "cpu" else contextlib.nullcontext()
 
 
 def _infer_chunk(dev: torch.device) -> int:

@@ -211,9 +211,9 @@ def _read_json(path):
         return None
 
 
-def _train_test(splits, labels):
-    train, test = (splits == "train") & (labels >= 0), (splits == "test") & (labels >= 0)
-    return train, test
+def train_test_masks(splits, labels):
+    """(train, test) boolean masks of the labelled galaxies of each split."""
+    return (splits == "train") & (labels >= 0), (splits == "test") & (labels >= 0)
 
 
 def cached_scores(features_key: str, cache=None, k: int = 10, C: float = 1.0) -> dict | None:
@@ -255,7 +255,7 @@ def layer_scores(features_key: str, cache=None, k: int = 10, C: float = 1.0, pro
         jobs = [(layer, kind) for layer in run["layers"] for kind in run.get("kinds", lf.KINDS)]
         for layer, kind in tqdm(jobs, desc=f"layer scores {features_key}", disable=not progress, file=sys.stderr):
             _, labels, splits, X = lf.read_layer(run["path"], layer, kind)
-            train, test = _train_test(splits, labels)
+            train, test = train_test_masks(splits, labels)
             result.update(train=int(train.sum()), test=int(test.sum()))
             if len(np.unique(labels[train])) < 2 or not test.any():
                 result["note"] = "needs labelled train and test galaxies of at least two classes"

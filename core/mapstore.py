@@ -284,9 +284,9 @@ def _test_split_knn(labels, splits, X, k: int = 10) -> float | None:
     """kNN accuracy on the test split: each labelled test galaxy voted on by its ``k`` nearest
     labelled train galaxies (cosine, as the Layers view and the DINO papers score a frozen
     backbone); None without labelled galaxies in both splits."""
-    from .layers import knn_accuracy
+    from .layers import knn_accuracy, train_test_masks
 
-    train, test = (splits == "train") & (labels >= 0), (splits == "test") & (labels >= 0)
+    train, test = train_test_masks(splits, labels)
     if not train.any() or not test.any() or len(np.unique(labels[train])) < 2:
         return None
     return knn_accuracy(X[train], labels[train], X[test], labels[test], k)

@@ -28,6 +28,7 @@ run a checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -256,6 +257,21 @@ def describe(path: Path) -> dict:
     return {"family": family, "has_head": has_head, "default_pooling": default_pooling(family),
             "id2label": raw.get("id2label") if has_head else None, "mode": recorded.get("mode"),
             "base_model": recorded.get("base_model"), "recorded": recorded}
+
+
+@contextlib.contextmanager
+def eager_attention(backbone):
+    """Inside the block, the HF ``backbone`` runs its attention eager (what ``output_attentions``
+    needs, and faster than SDPA in bf16 on a CPU); its earlier implementation (SDPA) is set back
+    after. The setting is the model's own: callers that share a model serialise around it."""
+    before = getattr(backbone.config, "_attn_implementation", None)
+    if before != "eager":
+        backbone.set_attn_implementation("eager")
+    try:
+        yield backbone
+    finally:
+        if before not in (None, "eager"):
+            backbone.set_attn_implementation(before)
 
 
 def _load_model(cls, path: Path, **kw):
