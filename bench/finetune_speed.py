@@ -40,7 +40,8 @@ def main():
     model = tf.Dinov2Model(cfg)
     model.save_pretrained(root / "base")
     (root / "base" / "preprocessor_config.json").write_text(json.dumps(
-        {"do_resize": True, "size": {"height": 64, "width": 64}, "do_rescale": True, "rescale_factor": 1 / 255,
+        {"do_resize": True, "size": {"height": 64, "width": 64}, "do_center_crop": False, "do_rescale": True,
+         "rescale_factor": 1 / 255,
          "do_normalize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
     print(f"params {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M, {a.n} images, device {a.device}")
     for mode, head, lr, schedule in (("full", "linear", 1e-3, "onecycle"), ("head", "mlp2", None, "linear")):

@@ -50,7 +50,7 @@ def make_checkpoint(name: str, root: Path) -> str:
     out = root / name
     tf.Dinov2Model(cfg).save_pretrained(out)
     (out / "preprocessor_config.json").write_text(json.dumps({
-        "do_resize": True, "size": {"height": px, "width": px}, "resample": 3, "do_rescale": True,
+        "do_resize": True, "size": {"height": px, "width": px}, "resample": 3, "do_center_crop": False, "do_rescale": True,
         "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}))
     return f"dir:{out}"
 

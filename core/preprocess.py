@@ -15,6 +15,7 @@ batches are the originals (h5, synthetic) say so with ``batches_are_originals``.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,20 @@ def resized_shape(h: int, w: int, size) -> tuple[int, int]:
     return (size, new_long) if h <= w else (new_long, size)
 
 
+def _center_crop(x: torch.Tensor, crop: tuple[int, int]) -> torch.Tensor:
+    """transformers' ``center_crop``: a crop larger than the image pads it with zeros first
+    (centred, the odd pixel of padding on the top/left), so the output is always ``crop``."""
+    ch, cw = crop
+    h, w = x.shape[-2:]
+    if ch > h or cw > w:
+        nh, nw = max(ch, h), max(cw, w)
+        top, left = math.ceil((nh - h) / 2), math.ceil((nw - w) / 2)
+        x = F.pad(x, (left, nw - w - left, top, nh - h - top))
+        h, w = nh, nw
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return x[..., top : top + ch, left : left + cw]
+
+
 class Preprocessor:
     """uint8 RGB images -> normalised float pixel values (b, 3, S, S)."""
 
@@ -107,10 +122,7 @@ class Preprocessor:
         if p.get("do_resize", True):
             x = self._resize(x)
         if p.get("do_center_crop"):
-            ch, cw = _hw(p["crop_size"])
-            h, w = x.shape[-2:]
-            top, left = max(0, (h - ch) // 2), max(0, (w - cw) // 2)
-            x = x[..., top : top + ch, left : left + cw]
+            x = _center_crop(x, _hw(p["crop_size"]))
         if p.get("do_rescale", True):
             x = x * float(p.get("rescale_factor", 1 / 255))
         if p.get("do_normalize", True):

@@ -46,8 +46,10 @@ CONFIGS = {
                   mlp_ratio=4, layerscale_value=1e-5),
 }
 # Galaxy images are centred on a dark sky: mean/std 0.5 keeps the sky near -1, the galaxy positive.
-PROCESSOR = {"do_resize": True, "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255,
-             "do_normalize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
+# do_center_crop said outright: DINOv2's processor class (BitImageProcessor) otherwise defaults to a
+# 224-px centre crop, which pads a 64-px image to 224 px in HF's own pipeline
+PROCESSOR = {"do_resize": True, "resample": 3, "do_center_crop": False, "do_rescale": True,
+             "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": [0.5] * 3, "image_std": [0.5] * 3}
 DEFAULTS = dict(epochs=10, batch_size=64, lr=1e-3, min_lr=1e-5, warmup=0.1, weight_decay=0.04,
                 local_crops=4, global_scale=(0.35, 1.0), local_scale=(0.08, 0.35), brightness=0.2,
                 out_dim=256, head_hidden=512, bottleneck=128, student_temp=0.1,

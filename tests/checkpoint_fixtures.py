@@ -47,7 +47,8 @@ def make_checkpoint(root, family: str, num_labels: int = 0, image_size: int = 32
     model.save_pretrained(out)
     proc = {"do_resize": True, "size": {"height": image_size, "width": image_size}, "resample": 2,
             "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-            "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
+            "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5],
+            "do_center_crop": False}  # said outright: BitImageProcessor (DINOv2) defaults to a 224 crop
     if crop:
         proc.update(size={"shortest_edge": image_size + 8}, do_center_crop=True,
                     crop_size={"height": image_size, "width": image_size})

@@ -64,6 +64,34 @@ def test_demo_builds_everything_the_dashboard_needs(demo_cache):
     assert "Traceback" not in demo_cache["stderr"]
 
 
+def test_demo_checkpoints_read_by_plain_transformers_and_their_own_processor(demo_cache):
+    """What a user gets from the demo's folders with transformers alone (AutoModelForImageClassification
+    and AutoImageProcessor, not our code): the predictions and CLS features the demo stored."""
+    import torch
+    import transformers as tf
+
+    from core.data import open_dataset
+
+    cache = demo_cache["cache"]
+    _, feats = _results(cache)
+    rows = np.arange(0, 3000, 50)
+    images = list(open_dataset("synthetic:galaxy10?n=3000&size=64&seed=42").batch(rows))
+    for name in ("head", "full"):
+        folder = cache / "checkpoints" / "demo" / name
+        model = tf.AutoModelForImageClassification.from_pretrained(folder).eval()
+        pixels = tf.AutoImageProcessor.from_pretrained(folder)(images=images, return_tensors="pt")["pixel_values"]
+        assert pixels.shape == (len(rows), 3, 64, 64)  # the 64-px galaxy, not padded to a 224-px crop
+        with torch.no_grad():
+            out = model(pixel_values=pixels)
+            cls = model.base_model(pixel_values=pixels).last_hidden_state[:, 0]  # after the final LayerNorm
+        table = pq.read_table(feats[("synthetic", f"demo:{name}")]["path"],
+                              columns=["row", "probs", "embedding"]).to_pandas().set_index("row").loc[rows]
+        probs = np.stack(table["probs"].to_numpy())
+        # PIL vs torch resampling is not in play (64 px in, 64 px out): float noise only
+        np.testing.assert_allclose(out.logits.softmax(-1).numpy(), probs, atol=1e-3)
+        np.testing.assert_allclose(cls.numpy(), np.stack(table["embedding"].to_numpy()), atol=1e-3)
+
+
 def test_second_demo_run_is_a_cache_hit(demo_cache):
     from tests.test_imports import HEAVY
 

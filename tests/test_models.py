@@ -104,6 +104,28 @@ def test_preprocessing_matches_the_hf_image_processor(tmp_path, request, photos,
     assert (ours - ref).abs().max() < 0.03  # PIL vs torch antialiasing: ~0.006 here
 
 
+def test_a_crop_larger_than_the_image_pads_as_the_hf_processor_does(tmp_path):
+    """DINOv2's processor class (BitImageProcessor) crops to 224 px unless told otherwise: a
+    processor file that leaves do_center_crop out gets HF's zero padding around a smaller image
+    (here 30 px resized, cropped to 36 x 33), not the image itself."""
+    import json
+
+    from transformers import AutoImageProcessor
+
+    images = _photos(None)
+    folder = make_checkpoint(tmp_path, "dinov2")
+    proc = json.loads((folder / "preprocessor_config.json").read_text())
+    del proc["do_center_crop"]
+    (folder / "preprocessor_config.json").write_text(json.dumps(
+        {**proc, "size": {"height": 30, "width": 30}, "crop_size": {"height": 36, "width": 33}}))
+    ck = load_checkpoint(f"dir:{folder}")
+    ours = ck.preprocess(torch.from_numpy(images))
+    ref = AutoImageProcessor.from_pretrained(folder)(images=list(images), return_tensors="pt")["pixel_values"]
+    assert ck.input_size() == (36, 33) and ours.shape == ref.shape == (len(images), 3, 36, 33)
+    assert (ours[..., :3, :] == -1).all() and (ours[..., :, :2] == -1).all()  # black borders, normalised
+    assert (ours - ref).abs().max() < 0.03  # PIL vs torch antialiasing
+
+
 def test_checkpoint_reference_errors(tmp_path):
     for ref, msg in [("facebook/dinov2-base", "no prefix"), ("s3:x", "unknown checkpoint prefix"),
                      (f"dir:{tmp_path}", "no config.json"), ("demo:nothing", "python -m core demo")]:
