@@ -39,7 +39,8 @@ def main() -> None:
     from astropy import units as u
     from astropy.coordinates import Angle
 
-    from core import anomaly, sky
+    from core.analysis import outliers as anomaly
+    from core.data import sky
 
     rng = np.random.default_rng(0)
     ra, dec = rng.uniform(0, 360, args.n), rng.uniform(-90, 90, args.n)

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     import transformers as tf
 
-    from core.models import load_checkpoint
+    from core.models.load import load_checkpoint
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=4096)

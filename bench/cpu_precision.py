@@ -7,7 +7,7 @@ Times issue 10's fixed workload (60 AdamW steps, batch 64, of the demo-sized
 with SDPA and with eager attention, alternated ``--repeats`` times in one
 process, and prints each as a ratio to the plain fp32 + SDPA workload (the
 baseline). Writes bench/results/cpu-precision.json. Whether the CPU computes
-bf16 natively (core.finetune.cpu_has_bf16) is printed beside it: where it does
+bf16 natively (core.train.finetune.cpu_has_bf16) is printed beside it: where it does
 not, bf16 is emulated and slower than fp32, and `auto` keeps fp32.
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from bench.demo_speed import fixed_workload
-from core.finetune import cpu_has_bf16
+from core.train.finetune import cpu_has_bf16
 
 REPO = Path(__file__).resolve().parents[1]
 CASES = {"fp32 sdpa": (False, None), "fp32 eager": (False, "eager"), "bf16 sdpa": (True, None),

@@ -124,7 +124,7 @@ def train_throughput(ckpt_dir: Path, device: str, batch: int, steps: int = 12) -
     """Full-finetune images/s: forward + backward + AdamW step, bf16 autocast on CUDA."""
     import torch
 
-    from core.models import load_checkpoint
+    from core.models.load import load_checkpoint
 
     ck = load_checkpoint(f"dir:{ckpt_dir}", device=device, num_labels=10, dtype=torch.float32)
     ck.model.train()
@@ -155,8 +155,8 @@ def bench_model(name, compiled, ds, root, device, batch, workers, rdr, dev_name,
     import torch
     import transformers
 
-    from core import features
-    from core.models import load_checkpoint
+    from core.extract import features
+    from core.models.load import load_checkpoint
 
     on_gpu = device == "cuda"
     ckpt = make_checkpoint(root, name, device)
@@ -219,7 +219,7 @@ def engines(args) -> None:
         if on_gpu:
             ckpt, dataset = make_checkpoint(root, "dinov2-base", device), f"memory:{n}"
         else:
-            from core.demo import build_generic
+            from core.cli.demo import build_generic
 
             ckpt, dataset = build_generic(root / "demo"), f"synthetic:galaxy10?n={n}&size=64&seed=42"
         dev_name = torch.cuda.get_device_name() if on_gpu else f"cpu ({os.cpu_count()} cores)"
@@ -266,7 +266,7 @@ def child(args) -> None:
     """One timed extraction in this process; prints one JSON line."""
     import resource
 
-    from core import features
+    from core.extract import features
 
     if args.dataset.startswith("memory:"):  # an importable class, so Ray can ship it to its actors
         import importlib

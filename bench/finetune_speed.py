@@ -29,7 +29,7 @@ def main():
     torch.set_num_threads(a.threads)
     import transformers as tf
 
-    import core.finetune as ft
+    import core.train.finetune as ft
     from tests.test_finetune import Shapes
 
     ds = Shapes.make(a.n, 64)

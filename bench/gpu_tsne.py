@@ -1,4 +1,4 @@
-"""Our torch t-SNE (openTSNE's FFT algorithm, core.tsne_torch) on one GPU, against
+"""Our torch t-SNE (openTSNE's FFT algorithm, core.analysis.maps.tsne_torch) on one GPU, against
 the issue 13 goals, on bench/projection.py's clustered 768-d features.
 
     python bench/gpu_tsne.py                 # 17,736; 200,000; 1,000,000 points (~5-8 min on an H100)
@@ -33,12 +33,12 @@ sys.path.insert(0, str(ROOT / "bench"))
 from projection import clustered_features  # noqa: E402
 
 GOALS = {17736: 2.0, 200_000: 10.0, 1_000_000: 90.0}
-OURS = "core.tsne_torch (openTSNE's FFT algorithm, torch)"
+OURS = "core.analysis.maps.tsne_torch (openTSNE's FFT algorithm, torch)"
 
 
 def knn_preservation(X, Y, k=10, sample=20_000, seed=0) -> float:
     """Share of each sampled point's k feature-space neighbours among its k map neighbours."""
-    from core.knn import knn
+    from core.analysis.knn import knn
 
     n = len(X)
     q = np.arange(n) if n <= sample else np.sort(np.random.default_rng(seed).choice(n, sample, replace=False))
@@ -55,7 +55,7 @@ def knn_preservation(X, Y, k=10, sample=20_000, seed=0) -> float:
 def run_ours(X):
     import torch
 
-    from core import tsne_torch
+    from core.analysis.maps import tsne_torch
 
     timings = {}
     torch.cuda.synchronize()
@@ -71,7 +71,7 @@ def run_opentsne(X):
     from openTSNE.affinity import PerplexityBasedNN
     from openTSNE.nearest_neighbors import KNNIndex
 
-    from core.knn import knn
+    from core.analysis.knn import knn
 
     class GPUExact(KNNIndex):
         VALID_METRICS = ["euclidean"]
@@ -94,8 +94,8 @@ def profile_layout(n: int, iterations: int = 30) -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from core import tsne_torch
-    from core.knn import knn
+    from core.analysis.maps import tsne_torch
+    from core.analysis.knn import knn
 
     X, _ = clustered_features(n, 768)
     idx, d2 = knn(X, 90)

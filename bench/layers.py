@@ -40,7 +40,7 @@ def make_checkpoint(name: str, root: Path) -> str:
     import torch
     import transformers as tf
 
-    from core.demo import GENERIC_WEIGHTS
+    from core.cli.demo import GENERIC_WEIGHTS
 
     kw, px = MODELS[name]
     if kw is None:  # the demo's own generic model (its committed weights)
@@ -56,8 +56,8 @@ def make_checkpoint(name: str, root: Path) -> str:
 
 
 def extraction(ref: str, dataset, device: str, repeats: int, batch_size: int | None) -> dict:
-    from core.features import extract
-    from core.layerfeatures import layers_path
+    from core.extract.features import extract
+    from core.extract.layers import layers_path
 
     times = {"plain": [], "layers": []}
     cpu = {"plain": [], "layers": []}  # process CPU seconds: steadier than wall time on a shared machine
@@ -88,8 +88,8 @@ def extraction(ref: str, dataset, device: str, repeats: int, batch_size: int | N
 def attention(ref: str, dataset, device: str, repeats: int = 20) -> dict:
     import numpy as np
 
-    from core import attention as A
-    from core.models import load_checkpoint
+    from core.analysis import attention as A
+    from core.models.load import load_checkpoint
 
     image = dataset.batch(np.array([7]))[0]
     t = time.perf_counter()
@@ -124,7 +124,7 @@ def main():
 
     import torch
 
-    from core.data import open_dataset
+    from core.data.sources import open_dataset
 
     torch.set_num_threads(args.threads)
     if args.images == "memory":

@@ -7,16 +7,16 @@ The features are synthetic but shaped like the paper's finetuned ones (one
 cluster per Galaxy10 class in Galaxy10's proportions, Unbarred Tight and Loose
 Spirals close together, Disturbed scattered; predictions with the paper's error
 pattern; ra/dec/redshift metadata). They are written through `core`'s own
-writers: `core.cache.AtomicParquetWriter` (streamed row groups, atomic rename)
-for the features, `core.mapstore.write_layout` for the maps (the key and
+writers: `core.store.cache.AtomicParquetWriter` (streamed row groups, atomic rename)
+for the features, `core.analysis.maps.store.write_layout` for the maps (the key and
 provenance `get_projection` gives them), and
-`core.evaluation.evaluate_run` for the scores, so `python -m core ls`, the
+`core.analysis.evaluation.evaluate_run` for the scores, so `python -m core ls`, the
 dashboard, its tests and `bench/dashboard.py` read them like any other run.
 
-Maps: PCA (`core.projection.fit_pca`, the real method) and, because t-SNE of a
+Maps: PCA (`core.analysis.maps.projection.fit_pca`, the real method) and, because t-SNE of a
 million points does not fit this machine, a t-SNE-*like* layout of class islands
 stored in the t-SNE slot; its provenance says so (``layout``). Quality numbers
-come from `core.mapquality` on a seeded sample (``points`` records how many).
+come from `core.analysis.maps.quality` on a seeded sample (``points`` records how many).
 The dataset reference is a `folder:` that holds no images, so thumbnails are
 grey placeholders (a synthetic source would render them, but opening one of a
 million rows takes minutes on two cores).
@@ -36,9 +36,9 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core import cache as store  # noqa: E402
-from core import mapstore  # noqa: E402
-from core import projection as proj  # noqa: E402
+from core.store import cache as store  # noqa: E402
+from core.analysis.maps import store as mapstore  # noqa: E402
+from core.analysis.maps import projection as proj  # noqa: E402
 from core.data.base import GALAXY10_CLASSES, GALAXY10_COUNTS  # noqa: E402
 from tests.dashboard_fixtures import DISTURBED, LOOSE, TIGHT, island_centres  # noqa: E402
 from tests.features_fixtures import fixed_list  # noqa: E402
@@ -130,7 +130,7 @@ def write_features(cache: Path, n: int, dim: int, seed: int) -> tuple[dict, np.n
 
 def write_map(cache: Path, run: dict, method: str, xy: np.ndarray, X: np.ndarray, labels: np.ndarray,
               extra: dict, sample: int = 500) -> Path:
-    """A map at the path `core.mapstore.get_projection` reads (written by `core.mapstore.write_layout`),
+    """A map at the path `core.analysis.maps.store.get_projection` reads (written by `core.analysis.maps.store.write_layout`),
     with its quality numbers (scored on ``sample`` galaxies; 0: none recorded, for quick test fixtures)."""
     t = time.perf_counter()
     quality, feature_quality = {}, None
@@ -145,7 +145,7 @@ def write_map(cache: Path, run: dict, method: str, xy: np.ndarray, X: np.ndarray
 
 def make(cache, rows: int = 1_000_000, dim: int = 32, seed: int = 0, pca: bool = True, sample: int = 500) -> dict:
     """Write the run, its maps and its evaluation into ``cache``; returns the run."""
-    from core.evaluation import evaluate_run, read_predictions
+    from core.analysis.evaluation import evaluate_run, read_predictions
 
     cache = store.cache_dir(cache)
     t = time.perf_counter()

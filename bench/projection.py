@@ -56,13 +56,13 @@ def timed(fn):
 
 
 def sizes_table(sizes, dim, both=False, save=None):
-    """t-SNE at each size: ours (``core.projection.tsne`` on the CPU, whichever
+    """t-SNE at each size: ours (``core.analysis.maps.projection.tsne`` on the CPU, whichever
     implementation it picks) before and after sklearn's, in the same run; with
     ``both`` also openTSNE and the torch port forced. Goal (issue 13): ours <=
     0.5 x sklearn at every size, <= 0.25 x at 17,736; kNN preservation >= sklearn's - 0.02."""
     from sklearn.manifold import TSNE
 
-    from core import projection as proj
+    from core.analysis.maps import projection as proj
 
     table = []
     for n in sizes:
@@ -81,7 +81,7 @@ def sizes_table(sizes, dim, both=False, save=None):
         record("sklearn TSNE (paper)", lambda: TSNE(perplexity=30, init="pca", random_state=42).fit_transform(X))
         record(f"ours ({impl})", lambda: proj.tsne(X, device="cpu"))
         if both:
-            from core import tsne_torch
+            from core.analysis.maps import tsne_torch
 
             record("openTSNE (as before)", lambda: _opentsne(proj, X))
             record("torch port (cpu)", lambda: tsne_torch.tsne(X, device="cpu"))
@@ -114,7 +114,7 @@ def _opentsne(proj, X):
 
 
 def main(argv=None):
-    from core import projection as proj  # here, so clustered_features imports without openTSNE (GPU machine)
+    from core.analysis.maps import projection as proj  # here, so clustered_features imports without openTSNE (GPU machine)
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=17736)

@@ -10,18 +10,18 @@ import argparse
 import importlib
 import sys
 
-from .errors import UserError
+from core.errors import UserError
 
 # verb -> module that owns it
 VERBS = {
-    "extract": "core.features",
-    "ls": "core.listing",
-    "project": "core.mapstore",
-    "finetune": "core.finetune",
-    "evaluate": "core.evaluation",
-    "demo": "core.demo",
-    "pretrain": "core.pretrain",
-    "anomalies": "core.anomaly",
+    "extract": "core.extract.features",
+    "ls": "core.cli.ls",
+    "project": "core.analysis.maps.store",
+    "finetune": "core.train.finetune",
+    "evaluate": "core.analysis.evaluation",
+    "demo": "core.cli.demo",
+    "pretrain": "core.train.pretrain",
+    "anomalies": "core.analysis.outliers",
 }
 
 

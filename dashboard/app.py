@@ -18,7 +18,7 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts dashboard/, not the repo, 
 
 import streamlit as st  # noqa: E402
 
-from core.cache import cache_dir  # noqa: E402
+from core.store.cache import cache_dir  # noqa: E402
 from dashboard import data as D  # noqa: E402
 from dashboard.views.common import guarded, load_catalog  # noqa: E402
 from dashboard.views.compare import compare_view  # noqa: E402

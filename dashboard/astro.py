@@ -11,7 +11,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 
-from core import sky
+from core.data import sky
 
 LAYERS = ["ls-dr10", "ls-dr10-grz", "ls-dr9", "sdss", "unwise-neo7"]  # Legacy Surveys viewer layers
 OUTLIER_COLUMNS = {"knn": "outlier score (kNN)", "iforest": "outlier score (forest)"}
@@ -95,7 +95,7 @@ def sky_columns(frame: pd.DataFrame, layer: str = sky.DEFAULT_LAYER) -> pd.DataF
 
 def with_outlier_scores(data, scores: pd.DataFrame):
     """A copy of RunData with the 0-5 outlier scores as colourable ``meta_`` columns,
-    matched by dataset row. ``scores``: core.anomaly's frame (row, knn, iforest)."""
+    matched by dataset row. ``scores``: core.analysis.outliers's frame (row, knn, iforest)."""
     frame = data.frame.copy()
     pos = pd.Index(scores["row"].to_numpy(np.int64)).get_indexer(frame["row"].to_numpy(np.int64))
     for key, name in OUTLIER_COLUMNS.items():

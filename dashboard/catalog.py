@@ -1,7 +1,7 @@
 """The cached runs grouped the way a user thinks of them, and their names.
 
 dataset -> model (family and size) -> mode (generic / head / full) -> checkpoint.
-Plain Python (no Streamlit), built from `core.cache.list_runs`.
+Plain Python (no Streamlit), built from `core.store.cache.list_runs`.
 """
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def _unique_labels(items, label_fn) -> dict:
 
 @dataclass
 class Catalog:
-    """The cached runs, grouped for the sidebar. Built from `core.cache.list_runs`."""
+    """The cached runs, grouped for the sidebar. Built from `core.store.cache.list_runs`."""
 
     features: list[dict] = field(default_factory=list)
     projections: list[dict] = field(default_factory=list)

@@ -5,13 +5,13 @@ Each concern lives in its own module: `catalog` (the cached runs grouped by
 dataset, model and mode, and their names), `rundata` (one run's galaxies,
 predictions and map), `subsets` (a split, a confusion cell, class counts),
 `selection` (chart selections, CSV export), `palette` (class colours).
-Scores, confusion and nearest neighbours are computed by `core.evaluation`
-only; embeddings are read by `core.embeddings` only.
+Scores, confusion and nearest neighbours are computed by `core.analysis.evaluation`
+only; embeddings are read by `core.store.embeddings` only.
 """
 from __future__ import annotations
 
-from core.embeddings import read_embeddings
-from core.evaluation import (classification_report, confusion_matrix, knn_neighbours, per_class_delta,
+from core.store.embeddings import read_embeddings
+from core.analysis.evaluation import (classification_report, confusion_matrix, knn_neighbours, per_class_delta,
                              prediction_mapping, row_norms, scores_from_confusion)
 
 from .catalog import (DEMO_GENERIC_NOTE, FAMILY_NAMES, METHODS, MODE_HELP, MODES, Catalog, checkpoint_label,

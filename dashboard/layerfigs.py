@@ -14,7 +14,7 @@ _STOPS = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252,
 
 def curves_figure(scores_by_mode: dict, kind: str, unit: str = "block", height: int = 360) -> go.Figure:
     """Probe macro F1 (solid) and kNN accuracy (dotted) per block, one colour per mode.
-    ``scores_by_mode``: mode -> the ``scores`` rows of ``core.layers.layer_scores``."""
+    ``scores_by_mode``: mode -> the ``scores`` rows of ``core.analysis.layers.layer_scores``."""
     fig = go.Figure()
     for mode, rows in scores_by_mode.items():
         rows = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["layer"])

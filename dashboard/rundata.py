@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
-from core import cache as store
-from core.evaluation import prediction_mapping  # one definition, shared with `python -m core evaluate`
+from core.store import cache as store
+from core.analysis.evaluation import prediction_mapping  # one definition, shared with `python -m core evaluate`
 
 
 @dataclass

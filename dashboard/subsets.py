@@ -1,5 +1,5 @@
 """Which galaxies of a run: a split, a confusion cell, the class make-up of a
-selection. Scores themselves come from `core.evaluation`."""
+selection. Scores themselves come from `core.analysis.evaluation`."""
 from __future__ import annotations
 
 import numpy as np
@@ -52,9 +52,9 @@ def class_counts(frame: pd.DataFrame, positions, has_predictions: bool) -> pd.Da
 
 
 def split_scores(frame: pd.DataFrame, class_names, split: str) -> dict:
-    """`core.evaluation.classification_report` of a run's galaxies in ``split``
+    """`core.analysis.evaluation.classification_report` of a run's galaxies in ``split``
     (accuracy, macro_f1, per_class, confusion (k, k)); the frame needs pred."""
-    from core.evaluation import classification_report
+    from core.analysis.evaluation import classification_report
 
     mask = split_mask(frame, split)
     return classification_report(frame["label"].to_numpy()[mask], frame["pred"].to_numpy()[mask], class_names)

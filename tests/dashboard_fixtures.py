@@ -6,7 +6,7 @@ Embeddings are clustered like the paper's: generic features carry little class
 structure, fully finetuned ones separate the classes, Unbarred Tight and Loose
 Spirals stay close and Disturbed is scattered. No model gives such features on
 demand, so the features parquets are written here in the contract format; the
-maps (``core.mapstore``) and evaluations (`python -m core evaluate`) are what core
+maps (``core.analysis.maps.store``) and evaluations (`python -m core evaluate`) are what core
 computes from them.
 """
 from __future__ import annotations
@@ -105,10 +105,10 @@ def write_features(cache: Path, dataset: str, model: str, mode: str, labels, spl
 
 def write_layout_map(cache: Path, run: dict, method: str, xy: np.ndarray, aligned_to: str | None = None,
                      quality: dict | None = None) -> Path:
-    """A ready-made layout stored by ``core.mapstore.write_layout`` under the key and provenance
+    """A ready-made layout stored by ``core.analysis.maps.store.write_layout`` under the key and provenance
     core gives that map (default options), so core and the dashboard take it for the computed
     one. Only for benchmark sizes where a real t-SNE would take minutes; tests let core compute maps."""
-    from core import mapstore
+    from core.analysis.maps import store as mapstore
 
     return mapstore.write_layout(run, method, xy, _ids(len(xy)), cache, align_to=aligned_to, quality=quality or {},
                                  seconds=0.0, created="2026-01-01T00:00:00")
@@ -116,9 +116,9 @@ def write_layout_map(cache: Path, run: dict, method: str, xy: np.ndarray, aligne
 
 def _maps(cache: Path, generic: dict, head: dict, full: dict, labels, rng, layout: bool) -> None:
     """t-SNE for all three runs (the finetuned ones started from the generic map), PCA for
-    generic and full, no UMAP: computed by ``core.mapstore``, or ready-made layouts."""
+    generic and full, no UMAP: computed by ``core.analysis.maps.store``, or ready-made layouts."""
     if not layout:
-        from core import mapstore
+        from core.analysis.maps import store as mapstore
 
         for run, method, align in ((generic, "tsne", None), (head, "tsne", generic), (full, "tsne", generic),
                                    (generic, "pca", None), (full, "pca", None)):
@@ -190,7 +190,7 @@ def build_cache(root, n: int = 600, images: bool = True, dim: int = 32, seed: in
         if layout_maps:
             write_layout_map(cache, other, "tsne", _layout(lab_b, 0.3, rng), quality={"trustworthiness": 0.9})
         else:
-            from core import mapstore
+            from core.analysis.maps import store as mapstore
 
             mapstore.get_projection(other["key"], "tsne", cache, progress=False)
     return cache

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from core import cache as store
+from core.store import cache as store
 from tests.features_fixtures import features_table as contract_table
 from tests.features_fixtures import write_features as write_run
 

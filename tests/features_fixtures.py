@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from core import cache as store
+from core.store import cache as store
 
 LISTS = ("embedding", "probs")  # (n, k) arrays stored as fixed_size_list<float32>[k]
 TYPES = {"row": pa.int64(), "id": pa.string(), "split": pa.string(), "label": pa.int64(), "pred": pa.int64(),

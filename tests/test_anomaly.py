@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from core import anomaly
+from core.analysis import outliers as anomaly
 from core.errors import UserError
 from tests.conftest import subprocess_timeout
 from tests.projection_fixtures import blobs, write_features

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from core import attention as A
-from core.data import open_dataset
-from core.models import load_checkpoint
+from core.analysis import attention as A
+from core.data.sources import open_dataset
+from core.models.load import load_checkpoint
 
 DATASET = "synthetic:galaxy10?n=12&size=40&seed=1"
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
-    from core import cache as store
+    from core.store import cache as store
     from tests.dashboard_fixtures import build_cache
 
     cache = build_cache(tmp_path_factory.mktemp("small"), n=400, images=False, second_dataset=False, layout_maps=True)

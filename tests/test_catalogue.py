@@ -9,9 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-import core.features as features
-from core import cache as store
-from core.data import SourceError, open_dataset
+import core.extract.features as features
+from core.store import cache as store
+from core.data.base import SourceError
+from core.data.sources import open_dataset
 from tests.test_shards import QUIET
 
 

@@ -80,7 +80,7 @@ def gallery_ids(at: AppTest, columns: int) -> list[str]:
 
 def full_run_frame(cache):
     """The demo:full features run of dataset "galaxies" as core wrote it (row, id, label, pred, confidence)."""
-    from core import cache as store
+    from core.store import cache as store
 
     run = next(r for r in store.list_runs(cache) if r.get("model") == "demo:full")
     frame = store.read_table(run["path"], columns=["row", "id", "label", "pred", "confidence"]).to_pandas()
@@ -89,7 +89,7 @@ def full_run_frame(cache):
 
 
 def dataset_ref(cache, label: str = "galaxies") -> str:
-    from core.cache import list_runs
+    from core.store.cache import list_runs
     from dashboard.data import Catalog
 
     return Catalog.from_runs(list_runs(cache)).datasets()[label]
@@ -339,8 +339,8 @@ def test_real_photos_extracted_by_core(tmp_path, monkeypatch, checkpoints, examp
     import numpy as np
     import pyarrow as pa
 
-    from core import cache as store
-    from core.features import extract
+    from core.store import cache as store
+    from core.extract.features import extract
 
     cache = tmp_path / "cache"
     ref = f"folder:{examples_dir}"
@@ -384,9 +384,9 @@ def test_real_photos_extracted_by_core(tmp_path, monkeypatch, checkpoints, examp
 
 
 def test_uncached_map_is_computed_and_cached_by_core(cache):
-    """An uncached map has a Compute button; core.mapstore computes it (aligned to the
+    """An uncached map has a Compute button; core.analysis.maps.store computes it (aligned to the
     generic run's map), caches it where `ls` lists it, and the page draws it."""
-    from core import cache as store
+    from core.store import cache as store
 
     def pca_maps():
         return [r for r in store.list_runs(cache) if r["kind"] == "projection" and r["method"] == "pca"]
@@ -433,7 +433,8 @@ def three_runs(cache_copy):
     its t-SNE map computed by core."""
     import numpy as np
 
-    from core import cache as store, mapstore
+    from core.store import cache as store
+    from core.analysis.maps import store as mapstore
     from tests.features_fixtures import write_features
 
     cache = cache_copy
@@ -495,7 +496,7 @@ def test_large_run_says_how_to_get_its_outlier_scores(cache_copy, monkeypatch, c
 
     import dashboard.views.unusual as unusual
     from core.__main__ import main
-    from core.cache import list_runs
+    from core.store.cache import list_runs
 
     monkeypatch.setattr(unusual, "AUTO_MAX", 100)  # the fixture's 300 galaxies count as a large run
     at = view(run_app(), "Unusual")

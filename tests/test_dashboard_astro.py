@@ -24,8 +24,8 @@ RA7, DEC7, Z7 = 150.1196, 2.2058, 0.043  # galaxy g10-00007
 def sky_cache(tmp_path_factory, checkpoints):
     import h5py
 
-    from core import mapstore
-    from core.features import extract
+    from core.analysis.maps import store as mapstore
+    from core.extract.features import extract
     from tests.test_sources import write_galaxy10_h5
 
     root = tmp_path_factory.mktemp("sky")
@@ -40,7 +40,7 @@ def sky_cache(tmp_path_factory, checkpoints):
     extract("synthetic:galaxy10?n=40&size=32", f"dir:{checkpoints['dinov2']}", mode="generic", **quiet)
     extract(f"h5:{h5}", f"dir:{checkpoints['vit']}", mode="generic", **quiet)  # another encoder, same galaxies
     runs = {r["mode"] + ("-synthetic" if r["dataset"].startswith("synthetic") else "") + f"-{r['family']}": r
-            for r in __import__("core.cache", fromlist=["x"]).list_runs(cache) if r["kind"] == "features"}
+            for r in __import__("core.store.cache", fromlist=["x"]).list_runs(cache) if r["kind"] == "features"}
     runs = {k.replace("-dinov2", ""): v for k, v in runs.items()}
     for key in ("generic", "generic-synthetic"):
         mapstore.get_projection(runs[key]["key"], "tsne", cache=cache, progress=False)
@@ -157,7 +157,7 @@ def test_upload_finds_the_same_galaxy_in_both_spaces(sky_cache):
 
 @pytest.mark.slow
 def test_unusual_gallery_ranks_by_score_and_colour_by_score(sky_cache):
-    from core import anomaly
+    from core.analysis import outliers as anomaly
 
     run = sky_cache["runs"]["full"]
     at = app(state={"view": "Unusual"})

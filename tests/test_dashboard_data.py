@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import cache as store
+from core.store import cache as store
 from dashboard import data as D
 from dashboard import figures as F
 from dashboard.thumbs import placeholder_png, thumbnail_png
@@ -109,7 +109,7 @@ def test_embeddings_and_projection_alignment(catalog):
 
 
 def test_dashboard_scores_are_core_evaluation_on_the_chosen_split():
-    """The Confusion and Compare views score through core.evaluation (one rule):
+    """The Confusion and Compare views score through core.analysis.evaluation (one rule):
     only the chosen split counts, and macro F1 equals sklearn's on it."""
     from sklearn.metrics import confusion_matrix, f1_score
 
@@ -126,7 +126,7 @@ def test_dashboard_scores_are_core_evaluation_on_the_chosen_split():
 
 
 def test_per_class_delta_pairs_head_and_full():
-    from core.evaluation import scores_from_confusion
+    from core.analysis.evaluation import scores_from_confusion
 
     head = scores_from_confusion(np.array([[5, 5], [4, 6]]), ["a", "b"])
     full = scores_from_confusion(np.array([[9, 1], [1, 9]]), ["a", "b"])

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from core import cache as store
+from core.store import cache as store
 from tests.conftest import REPO, subprocess_timeout
 
 
@@ -70,7 +70,7 @@ def test_demo_checkpoints_read_by_plain_transformers_and_their_own_processor(dem
     import torch
     import transformers as tf
 
-    from core.data import open_dataset
+    from core.data.sources import open_dataset
 
     cache = demo_cache["cache"]
     _, feats = _results(cache)
@@ -156,8 +156,8 @@ def test_generic_model_was_pretrained_without_labels_on_other_galaxies():
     """The shipped demo:generic weights: DINO, labels unused, on a synthetic set sharing no image with the demo's."""
     import hashlib
 
-    from core.data import open_dataset
-    from core.demo import DATASET, GENERIC_WEIGHTS
+    from core.data.sources import open_dataset
+    from core.cli.demo import DATASET, GENERIC_WEIGHTS
 
     prov = json.loads((GENERIC_WEIGHTS / "explorer.json").read_text())
     assert prov["labels_used"] is False and prov["method"].startswith("DINO") and prov["mode"] == "generic"
@@ -178,7 +178,7 @@ def test_generic_model_was_pretrained_without_labels_on_other_galaxies():
 
 
 def test_class_knn_change_puts_what_finetuning_separated_on_top():
-    from core.mapquality import class_knn_change, feature_space_quality
+    from core.analysis.maps.quality import class_knn_change, feature_space_quality
 
     rng = np.random.default_rng(0)
     labels = np.repeat([0, 1, 2], 40)

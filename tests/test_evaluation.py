@@ -4,10 +4,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core import cache as store
+from core.store import cache as store
 from core.__main__ import main
 from core.data.base import GALAXY10_CLASSES
-from core.evaluation import (
+from core.analysis.evaluation import (
     classification_report,
     confusion_matrix,
     delta_f1_table,

@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-import core.features as features
-from core import cache as store
+import core.extract.features as features
+from core.store import cache as store
 from tests.conftest import subprocess_timeout
 from tests.test_sources import write_galaxy10_h5
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from core import cache as store
+from core.store import cache as store
 from core.__main__ import main
 
 torch.set_num_threads(1)
@@ -127,8 +127,8 @@ def test_pixels_are_the_processor_pixels_resampled_once(tmp_path, examples_dir, 
     on average and up to 16-27."""
     import transformers as tf
 
-    from core.data import open_dataset
-    from core.preprocess import Preprocessor, load_batch, processor_config
+    from core.data.sources import open_dataset
+    from core.models.preprocess import Preprocessor, load_batch, processor_config
 
     def cls(name):
         return getattr(tf, name + "Pil", None) or getattr(tf, name)

@@ -4,13 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-import core.finetune as ft
+import core.train.finetune as ft
 from tests.checkpoint_fixtures import make_checkpoint
 from core.__main__ import main
 from core.data.base import Dataset
-from core.evaluation import classification_report
-from core.heads import HEADS, MLPHead, build_head, head_spec
-from core.models import load_checkpoint
+from core.analysis.evaluation import classification_report
+from core.models.heads import HEADS, MLPHead, build_head, head_spec
+from core.models.load import load_checkpoint
 
 QUIET = dict(progress=False, log=lambda *a: None, device="cpu", precision="fp32")  # exact F1 checks need fp32
 

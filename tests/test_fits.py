@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.data import open_dataset
+from core.data.sources import open_dataset
 from core.data.base import SourceError
 from core.data.fits import legacy_rgb, lupton_rgb
 
@@ -120,8 +120,8 @@ def test_labels_csv_adds_labels_and_its_coordinates_win(cutouts):
 
 
 def test_extract_records_the_recipe_and_positions(cutouts, checkpoints, tmp_path):
-    from core import cache as store
-    from core.features import extract
+    from core.store import cache as store
+    from core.extract.features import extract
 
     path, prov, _ = extract(f"fits:{cutouts}?rgb=lupton", f"dir:{checkpoints['dinov2']}", cache=tmp_path / "c",
                             progress=False, log=lambda *a: None)

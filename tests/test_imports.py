@@ -1,10 +1,10 @@
 """A cache hit costs nothing: reading the cache imports neither torch nor the map and
 learning libraries, only computing does (docs/CONTRACTS.md, "Imports").
 
-Modules on the cache-hit path (the CLI verbs, `core.features`, `core.models`,
-`core.projection`, `core.mapstore`, the dashboard) import torch, transformers,
+Modules on the cache-hit path (the CLI verbs, `core.extract.features`, `core.models.load`,
+`core.analysis.maps.projection`, `core.analysis.maps.store`, the dashboard) import torch, transformers,
 openTSNE, scikit-learn, umap-learn and scipy inside the functions that compute;
-compute-only modules (`core.finetune`, `core.knn`, `core.tsne_neighbours`, ...)
+compute-only modules (`core.train.finetune`, `core.analysis.knn`, `core.analysis.maps.tsne_neighbours`, ...)
 import them at the top and are themselves imported inside those functions.
 The demo's own cache hit and the dashboard's first view are checked in
 tests/test_demo.py.
@@ -22,9 +22,9 @@ HEAVY = ("torch", "transformers", "openTSNE", "sklearn", "umap", "scipy")
 
 # every module a cache hit goes through, and the dashboard's
 CACHE_HIT_PATH = [
-    "core.__main__", "core.demo", "core.features", "core.models", "core.pooling", "core.timm_encoder",
-    "core.mapstore", "core.projection", "core.mapquality", "core.listing", "core.evaluation", "core.layers",
-    "core.layerfeatures", "core.anomaly", "core.attention", "core.lookup", "core.data",
+    "core.__main__", "core.cli.demo", "core.extract.features", "core.models.load", "core.models.pooling", "core.models.timm",
+    "core.analysis.maps.store", "core.analysis.maps.projection", "core.analysis.maps.quality", "core.cli.ls", "core.analysis.evaluation", "core.analysis.layers",
+    "core.extract.layers", "core.analysis.outliers", "core.analysis.attention", "core.extract.upload", "core.data.sources",
     "dashboard.data", *(f"dashboard.views.{m.name}" for m in pkgutil.iter_modules(dashboard.views.__path__)),
 ]
 
@@ -45,4 +45,4 @@ def test_modules_on_the_cache_hit_path_import_no_heavy_library():
 @pytest.mark.slow
 def test_the_probe_sees_a_heavy_import():
     """The check above can fail: a compute-only module does import them."""
-    assert "openTSNE" in heavy_modules_after("import core.tsne_neighbours")
+    assert "openTSNE" in heavy_modules_after("import core.analysis.maps.tsne_neighbours")

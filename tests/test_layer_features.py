@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import core.features as features
-from core import layerfeatures as lf
+import core.extract.features as features
+from core.extract import layers as lf
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "synthetic:galaxy10?n=40&size=32&seed=3"
@@ -46,7 +46,7 @@ def _hf_hidden_states(ckpt_dir, images: np.ndarray):
     """Hidden states straight from a fresh transformers model (our preprocessing, tested in test_models)."""
     import transformers as tf
 
-    from core.models import load_checkpoint
+    from core.models.load import load_checkpoint
 
     px = load_checkpoint(f"dir:{ckpt_dir}").preprocess(torch.from_numpy(images))
     model = tf.AutoModel.from_pretrained(ckpt_dir).eval()
@@ -81,7 +81,7 @@ def test_every_family_stores_its_blocks_from_one_pass(tmp_path, checkpoints, fam
     assert table.column("id").to_pylist() == pq.read_table(path, columns=["id"]).column("id").to_pylist()
 
     # against HF's own hidden states on the same images (first 8 galaxies)
-    from core.data import open_dataset
+    from core.data.sources import open_dataset
 
     ds = open_dataset(DATASET)
     hs = _hf_hidden_states(checkpoints[name], ds.batch(np.arange(8)))

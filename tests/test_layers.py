@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from core import layers as L
+from core.analysis import layers as L
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ def test_reading_names_the_changed_blocks_and_the_early_separable_one():
 
 
 def test_cached_analyses_on_extracted_layers(tmp_path, checkpoints, monkeypatch):
-    import core.features as features
+    import core.extract.features as features
 
     torch.set_num_threads(1)
     data = "synthetic:galaxy10?n=120&size=32&seed=5&balance=uniform"

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from core import cache as store  # noqa: E402
+from core.store import cache as store  # noqa: E402
 from tests.test_dashboard import APP, charts, ok, texts  # noqa: E402
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from core.data.base import SourceError
-from core.lookup import content_hash, embed, read_image
+from core.extract.upload import content_hash, embed, read_image
 
 
 def test_read_png_and_fits_cube_and_errors():
@@ -35,10 +35,10 @@ def test_read_png_and_fits_cube_and_errors():
 
 @pytest.mark.slow
 def test_embed_matches_extract(tmp_path, checkpoints):
-    from core import cache as store
-    from core.data import open_dataset
-    from core.features import extract
-    from core.models import load_checkpoint
+    from core.store import cache as store
+    from core.data.sources import open_dataset
+    from core.extract.features import extract
+    from core.models.load import load_checkpoint
     from tests.test_sources import write_galaxy10_h5
 
     h5 = write_galaxy10_h5(tmp_path / "g.h5", n=12, size=40)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from core.data.base import SourceError
-from core.models import load_checkpoint
+from core.models.load import load_checkpoint
 from tests.checkpoint_fixtures import FAMILIES, make_checkpoint
 
 
@@ -64,7 +64,7 @@ def test_pickle_only_checkpoint_is_one_line_error_naming_the_fix(tmp_path):
 def test_size_names_from_the_name_then_the_config():
     import transformers as tf
 
-    from core.models import size_name
+    from core.models.load import size_name
 
     swin_b = tf.Swinv2Config(embed_dim=128, depths=[2, 2, 18, 2], num_heads=[4, 8, 16, 32])
     assert swin_b.hidden_size == 1024  # the last stage: "large" if read as a ViT width
@@ -147,7 +147,7 @@ def test_hub_timeouts_take_effect(monkeypatch):
     import huggingface_hub
     from huggingface_hub import constants
 
-    from core import hub
+    from core.data import hub
 
     seen = {}
 

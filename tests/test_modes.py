@@ -8,11 +8,11 @@ import shutil
 import pytest
 import torch
 
-from core import cache as store
-from core import evaluation as ev
+from core.store import cache as store
+from core.analysis import evaluation as ev
 from core.__main__ import main
 from core.errors import UserError
-from core.modes import leakage, resolve_mode, training_data
+from core.models.modes import leakage, resolve_mode, training_data
 from tests.checkpoint_fixtures import make_checkpoint
 from tests.test_sources import write_galaxy10_h5
 
@@ -157,7 +157,7 @@ def test_h5_takes_the_paper_split_from_the_hf_dataset(tmp_path, monkeypatch):
     import numpy as np
     from PIL import Image
 
-    from core.data import open_dataset
+    from core.data.sources import open_dataset
     from core.data.base import SourceError
 
     monkeypatch.setenv("EXPLORER_CACHE", str(tmp_path / "cache"))

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from core.data.base import Dataset
-from core.pretrain import pretrain, random_crops
+from core.train.pretrain import pretrain, random_crops
 from tests.conftest import REPO, subprocess_timeout
 
 TINY = dict(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2,
@@ -53,7 +53,7 @@ def _weights(path):
 
 @pytest.mark.slow
 def test_pretrain_writes_a_standard_checkpoint_that_loads_through_dir(tmp_path):
-    from core.models import load_checkpoint
+    from core.models.load import load_checkpoint
 
     out = pretrain(_dataset(), tmp_path / "ssl", config=TINY, progress=False, log=lambda *_: None, **FAST)
     ck = load_checkpoint(f"dir:{out}")
@@ -91,7 +91,7 @@ def test_labels_are_never_read(tmp_path):
 
 @pytest.mark.slow
 def test_a_killed_run_leaves_no_checkpoint_and_resumes_from_its_last_epoch(tmp_path, monkeypatch):
-    import core.pretrain as P
+    import core.train.pretrain as P
 
     full = pretrain(_dataset(), tmp_path / "whole", config=TINY, progress=False, log=lambda *_: None, **FAST)
     real_save = P._save_state

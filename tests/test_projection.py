@@ -7,9 +7,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core import cache as store  # noqa: E402
-from core import mapstore  # noqa: E402
-from core import projection as proj  # noqa: E402
+from core.store import cache as store  # noqa: E402
+from core.analysis.maps import store as mapstore  # noqa: E402
+from core.analysis.maps import projection as proj  # noqa: E402
 from core.__main__ import main  # noqa: E402
 from core.errors import UserError  # noqa: E402
 from tests.projection_fixtures import blobs, write_features  # noqa: E402

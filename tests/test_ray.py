@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-import core.features as features
-from core import cache as store
-from core import shards
+import core.extract.features as features
+from core.store import cache as store
+from core.store import shards
 from tests.conftest import subprocess_timeout
 from tests.test_extract import REPO
 from tests.test_shards import QUIET, bad_folder, embeddings
@@ -24,7 +24,7 @@ SYNTHETIC = "synthetic:galaxy10?n=2000&size=64&seed=7"
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    from core import ray_engine
+    from core.extract import ray as ray_engine
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     connected = ray_engine.connect(num_cpus=2, object_store_mb=128)
@@ -35,7 +35,7 @@ def ray_cluster():
 @pytest.fixture(scope="module")
 def demo_generic(tmp_path_factory):
     """The demo's own generic checkpoint (random-init DINOv2 of the demo architecture)."""
-    from core.demo import build_generic
+    from core.cli.demo import build_generic
 
     cache = tmp_path_factory.mktemp("demo-ckpt")
     return f"dir:{build_generic(cache)}"

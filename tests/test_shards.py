@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-import core.features as features
-from core import cache as store
-from core import shards
+import core.extract.features as features
+from core.store import cache as store
+from core.store import shards
 from tests.test_extract import cli, start_slow_cli
 from tests.test_sources import write_galaxy10_h5
 

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core import sky
-from core.data import open_dataset
+from core.data import sky
+from core.data.sources import open_dataset
 from core.data.base import SourceError
 
 

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from core.data import open_dataset
+from core.data.sources import open_dataset
 from core.data.base import GALAXY10_CLASSES, SourceError
 
 

@@ -7,7 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.data import GALAXY10_CLASSES, SourceError, open_dataset
+from core.data.base import GALAXY10_CLASSES, SourceError
+from core.data.sources import open_dataset
 from core.data.base import GALAXY10_COUNTS
 from core.data.synthetic import COLUMNS, RENDERER_VERSION, draw_labels, params_frame, render, render_galaxy
 
@@ -191,7 +192,7 @@ def test_a_small_set_renders_each_galaxy_once_and_gives_the_same_pixels(monkeypa
     """The demo's finetunes and extractions read the set several times in one process:
     each row is rendered once, and what comes back is what a fresh render gives."""
     import core.data.synthetic as syn
-    from core.data import open_dataset
+    from core.data.sources import open_dataset
 
     ref = "synthetic:galaxy10?n=40&size=32&seed=5"
     fresh = open_dataset(ref).batch(np.arange(40))

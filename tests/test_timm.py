@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from core.data.base import SourceError
-from core.models import load_checkpoint, resolve
+from core.models.load import load_checkpoint, resolve
 
 from tests.conftest import REPO, subprocess_timeout
 
@@ -94,7 +94,7 @@ def test_extract_through_the_cli_with_a_timm_encoder(timm_models, tmp_path):
            "--cache", str(tmp_path / "c")]
     r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=subprocess_timeout())
     assert r.returncode == 0, r.stderr[-2000:]
-    from core import cache as store
+    from core.store import cache as store
 
     runs = [x for x in store.list_runs(tmp_path / "c") if x["kind"] == "features"]
     assert len(runs) == 1

@@ -10,11 +10,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
-from core import knn as knn_mod  # noqa: E402
-from core import mapstore  # noqa: E402
-from core import projection as proj  # noqa: E402
-from core import tsne_torch  # noqa: E402
-from core.tsne_neighbours import ExactNeighbours  # noqa: E402
+from core.analysis import knn as knn_mod  # noqa: E402
+from core.analysis.maps import store as mapstore  # noqa: E402
+from core.analysis.maps import projection as proj  # noqa: E402
+from core.analysis.maps import tsne_torch  # noqa: E402
+from core.analysis.maps.tsne_neighbours import ExactNeighbours  # noqa: E402
 from projection import clustered_features  # noqa: E402  (bench/projection.py's generator)
 from tests.projection_fixtures import blobs, write_features  # noqa: E402
 
@@ -176,7 +176,7 @@ def test_same_quality_as_openTSNE_on_5000_points(five_thousand):
     assert 0.5 < np.ptp(ours, axis=0).max() / np.ptp(theirs, axis=0).max() < 2
 
 
-# ---------------------------------------------------------------- through core.projection
+# ---------------------------------------------------------------- through core.analysis.maps.projection
 
 
 def test_projection_picks_the_implementation():
@@ -237,7 +237,7 @@ def test_cached_map_says_which_implementation_made_it(tmp_path, torch_map, monke
 
 
 def test_neighbours_view_at_scale_uses_the_device_search(monkeypatch):
-    from core import evaluation as E
+    from core.analysis import evaluation as E
 
     X, _ = blobs(500, d=16, n_classes=4, seed=6)
     expected = {m: E.knn_neighbours(X, 3, 8, m) for m in ("cosine", "euclidean")}

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from ..errors import UserError
+from core.errors import UserError
 
 GALAXY10_CLASSES = [
     "Disturbed",

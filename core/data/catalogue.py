@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..sky import map_columns
-from .base import GALAXY10_CLASSES, Dataset, SourceError, resize_square, to_rgb_uint8
+from core.data.sky import map_columns
+from core.data.base import GALAXY10_CLASSES, Dataset, SourceError, resize_square, to_rgb_uint8
 
 IMAGE_COLUMNS = ("image", "file", "path", "image_path")
 ID_COLUMNS = ("id", "id_str", "objid", "dr8_id", "iauname")

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .base import Dataset, SourceError, resize_square
+from core.data.base import Dataset, SourceError, resize_square
 
 SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz", ".fits.fz")
 LEGACY_SCALES = {"g": (2, 6.0), "r": (1, 3.4), "i": (0, 3.0), "z": (0, 2.2)}  # band -> (RGB plane, scale)
@@ -195,7 +195,7 @@ def _recipe(options: dict) -> dict:
 
 def open_fits(ref: str, root: Path, image_size: int | str = 256, bands: str = "g,r,z", ra: str | None = None,
               dec: str | None = None, class_names: str | None = None, **options):
-    from .. import sky
+    from core.data import sky
 
     root = Path(root)
     if not root.is_dir():
@@ -241,7 +241,7 @@ def open_fits(ref: str, root: Path, image_size: int | str = 256, bands: str = "g
 def _join_labels(csv: Path, meta: pd.DataFrame, class_names: str | None):
     """Labels, splits and extra metadata from labels.csv, matched on ``file`` (the cube's
     file name or the galaxy's name without band suffix)."""
-    from .folder import _class_names
+    from core.data.folder import _class_names
 
     table = pd.read_csv(csv)
     if "file" not in table.columns:

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..sky import map_columns
-from .base import GALAXY10_CLASSES, Dataset, SourceError, resize_square, to_rgb_uint8
+from core.data.sky import map_columns
+from core.data.base import GALAXY10_CLASSES, Dataset, SourceError, resize_square, to_rgb_uint8
 
 
 class FolderDataset(Dataset):

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..sky import map_columns
-from .base import GALAXY10_CLASSES, Dataset, SourceError, resize_square, stratified_split
+from core.data.sky import map_columns
+from core.data.base import GALAXY10_CLASSES, Dataset, SourceError, resize_square, stratified_split
 
 META_FIELDS = ("ra", "dec", "redshift", "pxscale")
 
@@ -100,8 +100,8 @@ def open_h5(ref: str, path: Path, seed: int | str = 42, test_fraction: float | s
     )
     ds.path = path
     if split_from:  # the paper's split: ?split_from=hf:matthieulel/galaxy10_decals (core/data/paper_split.py)
-        from . import open_dataset
-        from .paper_split import matched_splits
+        from core.data.sources import open_dataset
+        from core.data.paper_split import matched_splits
 
         ds.splits = matched_splits(ds, open_dataset(split_from))
         ds.content_key += f":split_from={split_from}"

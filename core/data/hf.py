@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..sky import map_columns
-from .base import GALAXY10_CLASSES, GALAXY_MNIST_CLASSES, Dataset, SourceError, resize_square, to_rgb_uint8
+from core.data.sky import map_columns
+from core.data.base import GALAXY10_CLASSES, GALAXY_MNIST_CLASSES, Dataset, SourceError, resize_square, to_rgb_uint8
 
 KNOWN_CLASSES = {"galaxy10_decals": GALAXY10_CLASSES, "galaxy10": GALAXY10_CLASSES,
                  "galaxy_mnist": GALAXY_MNIST_CLASSES}
@@ -54,7 +54,7 @@ def _load_local(path: Path):
 
 
 def _hub_snapshot(name: str) -> Path:
-    from ..hub import snapshot
+    from core.data.hub import snapshot
 
     try:
         return snapshot(name, ["*.parquet", "*.json", "README.md"], repo_type="dataset")

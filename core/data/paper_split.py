@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import SourceError
+from core.data.base import SourceError
 
 GRID = 8
 MAX_LEVELS = 3.0  # a match differs by at most this many uint8 levels per block on average
@@ -37,7 +37,7 @@ def signatures(ds) -> np.ndarray:
 def matched_splits(ds, other) -> np.ndarray:
     """The split of ``other``'s matching galaxy for each row of ``ds`` (n,) str,
     cached under ``<cache>/splits/``."""
-    from .. import cache as store
+    from core.store import cache as store
 
     key = store.key_of("split_from", ds.content_key, len(ds), other.fingerprint)
     path = store.cache_dir() / "splits" / f"{key}.npy"

@@ -24,7 +24,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from .base import GALAXY10_CLASSES, GALAXY10_COUNTS, Dataset, SourceError, stratified_split
+from core.data.base import GALAXY10_CLASSES, GALAXY10_COUNTS, Dataset, SourceError, stratified_split
 
 RENDERER_VERSION = "galaxy10-synth-1"  # bump whenever pixels or parameters change
 REF = 64.0  # geometry is drawn in pixels of a 64-px frame

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
-from core import attention as A
+from core.analysis import attention as A
 
 from .. import data as D
 from ..layerfigs import overlay, png
@@ -17,7 +17,7 @@ SIZE = 150
 
 @st.cache_resource(show_spinner="Loading the checkpoint…", max_entries=4)
 def _checkpoint(model_ref: str, cache: str):
-    from core.models import load_checkpoint
+    from core.models.load import load_checkpoint
 
     return load_checkpoint(model_ref, cache=cache)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from core import cache as store
+from core.store import cache as store
 
-from core.sky import DEFAULT_LAYER
+from core.data.sky import DEFAULT_LAYER
 
 from .. import data as D
 from ..astro import card_lines
@@ -84,7 +84,7 @@ def embeddings(run: dict) -> tuple[np.ndarray, np.ndarray]:
 def _dataset(ref: str):
     """(Dataset, None) or (None, reason). ``ref`` only ever comes from list_runs."""
     try:
-        from core.data import open_dataset
+        from core.data.sources import open_dataset
 
         return open_dataset(ref), None
     except Exception as e:  # any source problem -> placeholders, never a traceback

@@ -115,7 +115,7 @@ def class_knn_table(generic_fq: dict | None, tuned_fq: dict | None, third_fq: di
                     third_name: str | None = None) -> None:
     """Per-class kNN accuracy before and after finetuning (from the maps' recorded feature quality),
     plus a third run's column when one was added."""
-    from core.mapquality import class_knn_change
+    from core.analysis.maps.quality import class_knn_change
 
     if not (generic_fq or {}).get("per_class") or not (tuned_fq or {}).get("per_class"):
         return

@@ -7,7 +7,7 @@ from functools import partial
 import numpy as np
 import streamlit as st
 
-from core.modes import leakage
+from core.models.modes import leakage
 
 from .. import data as D
 from ..figures import confusion_figure, map_figure

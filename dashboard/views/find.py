@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import sky
+from core.data import sky
 
 from .. import data as D
 from ..astro import cosine_similarity, has_sky, most_and_least, positions
@@ -74,7 +74,7 @@ def _arcsec(s: float) -> str:
 
 @st.cache_resource(show_spinner="Loading the checkpoint…", max_entries=4)
 def _checkpoint(model: str, cache: str):
-    from core.models import load_checkpoint
+    from core.models.load import load_checkpoint
 
     return load_checkpoint(model, device="cpu", cache=cache)
 
@@ -83,13 +83,13 @@ def _checkpoint(model: str, cache: str):
 def upload_features(digest: str, model: str, pooling: str, image_size: int, cache: str, _content: bytes,
                     name: str):
     """(features (d,), class probabilities or None) of an uploaded file, cached by its content hash."""
-    from core.lookup import embed, read_image
+    from core.extract.upload import embed, read_image
 
     return embed(read_image(_content, name), _checkpoint(model, cache), pooling, image_size)
 
 
 def by_image(ctx: Context) -> None:
-    from core.lookup import IMAGE_TYPES, content_hash
+    from core.extract.upload import IMAGE_TYPES, content_hash
 
     upload = st.file_uploader("An image of a galaxy", type=IMAGE_TYPES, key="find_upload",
                               help="PNG, JPEG, TIFF, or a g,r,z FITS cube; it is squared and resized like the "
@@ -100,7 +100,7 @@ def by_image(ctx: Context) -> None:
     digest = content_hash(content)
     k = st.slider("How many", 4, 16, 8, key="find_k")
     runs = encoder_runs(ctx)
-    from core.lookup import read_image
+    from core.extract.upload import read_image
 
     try:
         st.image(read_image(content, upload.name), width=128, caption=f"{upload.name} · sha256 {digest}")

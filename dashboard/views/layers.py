@@ -3,7 +3,7 @@
 Per block: how separable the classes are (standardised linear probe, macro F1,
 and a kNN vote, train -> test galaxies) for each mode, and how similar the
 finetuned block is to the generic one (linear CKA on the same galaxies), with a
-sentence that reads the curves. Scores are computed by ``core.layers`` on the
+sentence that reads the curves. Scores are computed by ``core.analysis.layers`` on the
 first visit and cached beside the per-layer features.
 """
 from __future__ import annotations
@@ -11,8 +11,8 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from core import layerfeatures as lf
-from core import layers as L
+from core.extract import layers as lf
+from core.analysis import layers as L
 
 from .. import data as D
 from ..layerfigs import MODE_NAMES, cka_figure, curves_figure

@@ -67,11 +67,11 @@ def quality_panel(ctx: Context) -> None:
 
 @st.cache_data(show_spinner="Placing the galaxies in the map…", max_entries=16)
 def placed(cache: str, features_key: str, method: str, other_key: str, params_json: str, align_to) -> pd.DataFrame:
-    """Another run's galaxies placed into this map without recomputing it (core.mapstore.place_run)."""
+    """Another run's galaxies placed into this map without recomputing it (core.analysis.maps.store.place_run)."""
     import json
 
-    from core import cache as store
-    from core import mapstore
+    from core.store import cache as store
+    from core.analysis.maps import store as mapstore
 
     params = json.loads(params_json) or None
     df = mapstore.place_run(features_key, method, other_key, cache=cache, params=params, align_to=align_to)
@@ -149,7 +149,7 @@ SECONDS_PER_1000 = {"tsne": 3.5, "umap": 2.0, "pca": 0.05}
 
 def compute_projection(ctx: Context, name: str) -> bool:
     """Ask core for the map, with a progress bar against a rough time estimate. True when done."""
-    from core import mapstore
+    from core.analysis.maps import store as mapstore
 
     generic = ctx.catalog.counterpart(ctx.run, "generic")
     align = generic["key"] if generic and generic is not ctx.run else None

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core import sky
+from core.data import sky
 
 from .. import data as D
 from ..astro import LAYERS, OUTLIER_COLUMNS, has_sky, outlier_score, sky_columns, with_outlier_scores
@@ -23,14 +23,14 @@ SCORES = {"mean": "both (mean)", "knn": "kNN distance", "iforest": "isolation fo
 
 
 def _anomalies_mtime(cache: str, key: str) -> int:
-    from core import anomaly
+    from core.analysis import outliers as anomaly
 
     return _mtime(anomaly.anomalies_path(key, cache)[0])
 
 
 @st.cache_resource(show_spinner="Scoring how unusual each galaxy is…", max_entries=12)
 def _scored(cache: str, key: str, fmtime: int, amtime: int, compute: bool, _data: D.RunData) -> D.RunData | None:
-    from core import anomaly
+    from core.analysis import outliers as anomaly
 
     hit = anomaly.cached_anomalies(key, cache)
     if hit is None and compute:
@@ -60,7 +60,7 @@ def survey_layer(sb, data: D.RunData) -> None:
 
 @st.cache_data(show_spinner="Ranking the other dataset's galaxies…", max_entries=8)
 def _against(ref_path: str, ref_mtime: int, new_path: str, new_mtime: int) -> pd.DataFrame:
-    from core import anomaly
+    from core.analysis import outliers as anomaly
 
     return anomaly.score_against(D.read_embeddings(ref_path), D.read_embeddings(new_path))
 
@@ -147,7 +147,7 @@ def unusual_view(ctx: Context) -> None:
 
 def anomalies_command(ctx: Context) -> str:
     """The command that scores the selected run, with ``--cache`` unless the cache is the default folder."""
-    from core.cache import REPO_ROOT
+    from core.store.cache import REPO_ROOT
 
     command = f"python -m core anomalies --run {ctx.run['key']}"
     if Path(ctx.cache).resolve() != (REPO_ROOT / "cache").resolve():

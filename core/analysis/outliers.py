@@ -1,0 +1,228 @@
+"""Outlier scores in feature space: which galaxies look like no other.
+
+Two unsupervised scores per galaxy of a features run, each scaled 0-5 as
+Astronomaly (Lochner & Bassett 2021) does: min-max over the run, 5 = the
+weirdest galaxy, 0 = the most ordinary.
+
+- ``knn``: mean cosine distance to the galaxy's k nearest galaxies (k = 10);
+  isolated galaxies score high.
+- ``iforest``: scikit-learn's isolation forest on the standardised features
+  (seeded); galaxies that random splits isolate quickly score high.
+
+Scores are cached like maps: one parquet per (features run, parameters) under
+``<cache>/anomalies/``, written atomically with provenance, computed once under a
+file lock. ``score_against`` ranks galaxies of another run (the real photos)
+against a reference run without changing the reference's scores.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from core.store import cache as store
+from core.errors import UserError
+
+ANOMALY_VERSION = 1
+METHODS = {"knn": "kNN distance", "iforest": "isolation forest"}
+DEFAULTS = {"k": 10, "n_estimators": 200, "seed": 42}
+SCALE_MAX = 5.0
+
+
+def scale_0_5(raw, lower_is_weirder: bool = False) -> np.ndarray:
+    """Astronomaly's ScoreConverter: min-max onto [0, 5], 5 = weirdest. Constant input -> 0."""
+    raw = np.asarray(raw, np.float64)
+    if lower_is_weirder:
+        raw = -raw
+    lo, hi = np.nanmin(raw), np.nanmax(raw)
+    if not hi > lo:
+        return np.zeros(len(raw), np.float32)
+    return (SCALE_MAX * (raw - lo) / (hi - lo)).astype(np.float32)
+
+
+def _unit(X) -> np.ndarray:
+    X = np.asarray(X, np.float32)
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+def _check(X, k: int) -> np.ndarray:
+    X = np.asarray(X, np.float32)
+    if X.ndim != 2 or len(X) < 3:
+        raise UserError(f"outlier scores need at least 3 galaxies with features; got shape {X.shape}")
+    if not np.isfinite(X).all():
+        raise UserError("features hold NaN or infinite values: extract them again")
+    return X
+
+
+def knn_distance(X, k: int = 10, queries=None) -> np.ndarray:
+    """Mean cosine distance of each row of X (n, d) to its k nearest other rows,
+    or of each row of ``queries`` (m, d) to its k nearest rows of X: (n,) or (m,) float64."""
+    from core.analysis.maps.quality import exact_knn
+
+    X = _check(X, k)
+    k = max(1, min(int(k), len(X) - (queries is None)))
+    _, sq = exact_knn(_unit(X), k, queries=None if queries is None else _unit(queries))
+    return (sq.astype(np.float64) / 2).mean(1)  # |a-b|^2 / 2 = 1 - cos(a, b) on unit vectors
+
+
+def _forest(X, n_estimators: int, seed: int):
+    from sklearn.ensemble import IsolationForest
+
+    mean, std = X.mean(0), X.std(0)
+    std[std == 0] = 1
+    forest = IsolationForest(n_estimators=n_estimators, random_state=seed).fit((X - mean) / std)
+    return lambda Q: -forest.score_samples((np.asarray(Q, np.float32) - mean) / std)  # higher = weirder
+
+
+def isolation_forest(X, n_estimators: int = 200, seed: int = 42, queries=None) -> np.ndarray:
+    """Isolation-forest outlier score (higher = weirder; sklearn's -score_samples) of
+    each row of X (n, d), or of ``queries`` scored by a forest fitted on X."""
+    X = _check(X, 3)
+    return _forest(X, n_estimators, seed)(X if queries is None else queries).astype(np.float64)
+
+
+def scores(X, k: int = 10, n_estimators: int = 200, seed: int = 42) -> pd.DataFrame:
+    """Both outlier scores of every row of X (n, d): columns ``knn``, ``iforest`` (0-5,
+    5 = weirdest) and their raw values ``knn_raw``, ``iforest_raw``."""
+    raw_knn = knn_distance(X, k)
+    raw_forest = isolation_forest(X, n_estimators, seed)
+    return pd.DataFrame({"knn": scale_0_5(raw_knn), "iforest": scale_0_5(raw_forest),
+                         "knn_raw": raw_knn, "iforest_raw": raw_forest})
+
+
+def score_against(X_ref, X_new, k: int = 10, n_estimators: int = 200, seed: int = 42) -> pd.DataFrame:
+    """Outlier scores of new galaxies (m, d) measured against a reference set (n, d):
+    on the reference's 0-5 scale (may exceed 5: weirder than any reference galaxy) and
+    as a percentile (share of reference galaxies that score lower, 0-100)."""
+    X_ref = _check(X_ref, k)
+    ref = scores(X_ref, k, n_estimators, seed)
+    new_raw = {"knn": knn_distance(X_ref, k, queries=X_new),
+               "iforest": isolation_forest(X_ref, n_estimators, seed, queries=X_new)}
+    out = {}
+    for name, raw in new_raw.items():
+        ref_raw = ref[f"{name}_raw"].to_numpy()
+        lo, hi = ref_raw.min(), ref_raw.max()
+        out[name] = (SCALE_MAX * (raw - lo) / (hi - lo) if hi > lo else np.zeros(len(raw))).astype(np.float32)
+        out[f"{name}_percentile"] = 100 * np.searchsorted(np.sort(ref_raw), raw, side="left") / len(ref_raw)
+    return pd.DataFrame(out)
+
+
+# ---------------------------------------------------------------- the cache
+
+
+def anomalies_path(features_key: str, cache=None, **params) -> tuple[Path, dict]:
+    params = {**DEFAULTS, **{k: v for k, v in params.items() if v is not None}}
+    key = store.key_of("anomalies", ANOMALY_VERSION, features_key, params)
+    return store.cache_dir(cache) / "anomalies" / f"{key}.parquet", params
+
+
+def cached_anomalies(features_key: str, cache=None, **params) -> tuple[pd.DataFrame, dict] | None:
+    """``(DataFrame row, id, knn, iforest; provenance)`` when cached, else None. Never computes."""
+    path, _ = anomalies_path(features_key, cache, **params)
+    prov = store.provenance(path)
+    table = store.read_table(path) if prov else None
+    return None if table is None else (table.to_pandas(), prov)
+
+
+def get_anomalies(features_key: str, cache=None, progress: bool = False, **params) -> tuple[pd.DataFrame, dict]:
+    """Outlier scores of a cached features run, computed and cached on a miss (file lock:
+    two identical requests compute once). Rows in the features file's order."""
+    from core.analysis.maps.store import features_run, load_features
+
+    hit = cached_anomalies(features_key, cache, **params)
+    if hit is not None:
+        return hit
+    path, params = anomalies_path(features_key, cache, **params)
+    run = features_run(features_key, cache)
+    with store.compute_lock(path):
+        hit = cached_anomalies(features_key, cache, **params)
+        if hit is not None:
+            return hit
+        if progress:
+            print(f"outlier scores of {run.get('rows')} galaxies ({features_key})", file=sys.stderr, flush=True)
+        rows, X = load_features(run)
+        t0 = time.perf_counter()
+        s = scores(X, **params)
+        prov = {"kind": "anomalies", "features_run": features_key, "version": ANOMALY_VERSION, "params": params,
+                "methods": METHODS, "scale": "0-5 min-max over the run, 5 = weirdest (Astronomaly)",
+                "dataset": run.get("dataset"), "model": run.get("model"), "mode": run.get("mode"),
+                "rows": len(X), "seconds": round(time.perf_counter() - t0, 3),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        table = pa.table({"row": rows["row"].to_numpy(np.int64), "id": rows["id"].astype(str).to_numpy(),
+                          "knn": s["knn"].to_numpy(np.float32), "iforest": s["iforest"].to_numpy(np.float32)})
+        store.write_parquet(path, table, prov)
+    return cached_anomalies(features_key, cache, **params)
+
+
+def ranks(score, mask) -> np.ndarray:
+    """1-based ranks (1 = weirdest) of the galaxies in ``mask`` among all, by ``score``."""
+    order = np.argsort(-np.asarray(score), kind="stable")
+    rank = np.empty(len(order), np.int64)
+    rank[order] = np.arange(1, len(order) + 1)
+    return rank[np.asarray(mask, bool)]
+
+
+# ---------------------------------------------------------------- the verb
+
+
+def add_parser(sub):
+    p = sub.add_parser(
+        "anomalies", help="outlier scores (kNN distance, isolation forest; 0-5) of a cached features run",
+        description="Score every galaxy of a features run by how unusual its features are (0-5, 5 = weirdest, "
+        "as Astronomaly scales them), cache the scores and list the weirdest galaxies. With --against, rank "
+        "another run's galaxies (e.g. the real photos) against this one.")
+    p.add_argument("--run", help="features key (see `python -m core ls`)")
+    p.add_argument("--dataset", help="dataset reference, with --model, instead of --run")
+    p.add_argument("--model", help="checkpoint reference, with --dataset")
+    p.add_argument("--against", metavar="RUN", help="features key of another run of the same checkpoint to rank")
+    p.add_argument("--k", type=int, default=DEFAULTS["k"], help="neighbours of the kNN score (default 10)")
+    p.add_argument("--top", type=int, default=10, help="how many of the weirdest galaxies to print")
+    p.add_argument("--cache", help="cache folder (default: $EXPLORER_CACHE or ./cache)")
+    p.set_defaults(func=_run)
+
+
+def _run(args) -> int:
+    from core.analysis.maps.store import features_run, find_features, load_features
+
+    if args.k < 1:
+        raise UserError("--k must be a positive integer")
+    if args.run:
+        run = features_run(args.run, args.cache)
+    elif args.dataset and args.model:
+        from core.data.sources import normalize_ref
+
+        run = find_features(normalize_ref(args.dataset), normalize_ref(args.model), args.cache)
+    else:
+        raise UserError("say which features run: --run KEY, or --dataset and --model")
+    df, prov = get_anomalies(run["key"], args.cache, progress=True, k=args.k)
+    names = run.get("class_names") or []
+    labels = load_features(run)[0]["label"].to_numpy()
+    combined = (df["knn"] + df["iforest"]).to_numpy()
+    print(f"{len(df)} galaxies of {run.get('dataset')} with {run.get('model')}; scores 0-5, 5 = weirdest")
+    for name in ("knn", "iforest"):
+        print(f"  {METHODS[name]}: median {df[name].median():.2f}")
+    print(f"weirdest {min(args.top, len(df))} (kNN + isolation forest):")
+    for i in np.argsort(-combined, kind="stable")[: args.top]:
+        lab = int(labels[i])
+        print(f"  {df['id'].iloc[i]:>14}  kNN {df['knn'].iloc[i]:.2f}  forest {df['iforest'].iloc[i]:.2f}  "
+              f"{names[lab] if 0 <= lab < len(names) else 'unlabelled'}")
+    for c in sorted(set(labels[labels >= 0].tolist())):
+        r = ranks(combined, labels == c)
+        print(f"  class {names[c] if c < len(names) else c}: {len(r)} galaxies, median rank {int(np.median(r))} "
+              f"of {len(df)}, {int((r <= len(df) // 10).sum())} in the weirdest 10%")
+    if args.against:
+        other = features_run(args.against, args.cache)
+        if other.get("dim") != run.get("dim"):
+            raise UserError(f"--against run has {other.get('dim')}-d features, this run {run.get('dim')}-d")
+        _, X_ref = load_features(run)
+        rows_new, X_new = load_features(other)
+        s = score_against(X_ref, X_new, k=args.k)
+        print(f"{len(s)} galaxies of {other.get('dataset')} ranked against it: median percentile "
+              f"kNN {s['knn_percentile'].median():.0f}, forest {s['iforest_percentile'].median():.0f}; "
+              f"{int((s['knn_percentile'] >= 90).sum())} above the 90th kNN percentile")
+    return 0

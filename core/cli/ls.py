@@ -1,0 +1,84 @@
+"""`python -m core ls`: every cached run, for people (a table) and scripts (--json)."""
+from __future__ import annotations
+
+import json
+import sys
+
+from core.store import cache as store
+
+
+def add_parser(sub):
+    p = sub.add_parser("ls", help="list cached features, projections, per-layer features, outlier scores "
+                       "and evaluations",
+                       description="List every complete cached run with its path, dataset, checkpoint, "
+                       "mode, pooling, rows, embedding dim and size on disk.")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON (a list of objects)")
+    p.add_argument("--cache", help="cache folder (default: $EXPLORER_CACHE or ./cache)")
+    p.add_argument("--verify", action="store_true",
+                   help="read every page of every run and check its checksum; name the damaged ones (exit 1)")
+    p.set_defaults(func=run)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+
+
+def _verify(runs: list[dict]) -> int:
+    """Check every features and projection run page by page; print the damaged ones."""
+    damaged = 0
+    for r in runs:
+        if r["kind"] == "evaluation":
+            continue
+        problem = store.verify(r["path"])
+        r["verified"] = problem is None
+        if problem:
+            damaged += 1
+            print(f"damaged: {r['path']} ({problem}); `extract --verify` recomputes it", file=sys.stderr)
+    return damaged
+
+
+def _blocks(layers) -> str:
+    layers = list(layers or [])
+    if len(layers) > 1 and layers == list(range(layers[0], layers[-1] + 1)):
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(map(str, layers))
+
+
+def run(args) -> int:
+    runs = store.list_runs(args.cache)
+    damaged = _verify(runs) if getattr(args, "verify", False) else 0
+    if args.json:
+        print(json.dumps(runs, indent=1, default=str))
+        return 1 if damaged else 0
+    if not runs:
+        print(f"cache {store.cache_dir(args.cache)} is empty: build the demo with `python -m core demo`")
+        return 0
+    rows = []
+    for r in runs:
+        if r["kind"] == "features":
+            what = f"{r.get('dataset')}  {r.get('model')}  mode={r.get('mode')} pooling={r.get('pooling')} split={r.get('split')}"
+            shape = f"{r.get('rows')} x {r.get('dim')}"
+        elif r["kind"] == "projection":
+            what = f"{r.get('method')} of {r.get('features_run')}" + (f" aligned to {r['aligned_to']}" if r.get("aligned_to") else "")
+            shape = f"{r.get('rows')} x 2"
+        elif r["kind"] == "layers":
+            what = f"{r.get('unit')}s {_blocks(r.get('layers'))} of {r.get('features_run')} ({'+'.join(r.get('kinds') or [])})"
+            shape = f"{r.get('rows')} x {len(r.get('layers') or [])} {r.get('unit')}(s)"
+        elif r["kind"] == "anomalies":
+            params = r.get("params") or {}
+            what = (f"outlier scores ({'+'.join(r.get('methods') or [])}, k={params.get('k')}) "
+                    f"of {r.get('features_run')}")
+            shape = f"{r.get('rows')} x 2"
+        else:
+            what = f"evaluation of {r.get('features_run')}  macro F1 {r.get('macro_f1')}"
+            shape = ""
+        rows.append((r["kind"], r["key"], shape, _size(r["bytes"]), what))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
+    if getattr(args, "verify", False):
+        print(f"verified: {len(runs) - damaged} intact, {damaged} damaged", file=sys.stderr)
+    return 1 if damaged else 0
