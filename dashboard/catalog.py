@@ -66,7 +66,7 @@ def checkpoint_label(run: dict) -> str:
     return f"{run.get('model')} · {run.get('pooling', '?')} pooling · split {run.get('split', 'all')}"
 
 
-def _unique_labels(items, label_fn) -> dict:
+def unique_labels(items, label_fn) -> dict:
     out: dict[str, object] = {}
     for item in items:
         label = base = label_fn(item)
@@ -103,7 +103,7 @@ class Catalog:
             best = refs.get(r["dataset"], (0, 0))
             refs[r["dataset"]] = max(best, (int(bool(r.get("has_head"))), int(r.get("rows") or 0)))
         order = sorted(refs, key=lambda d: (-refs[d][0], -refs[d][1], d))
-        return _unique_labels(order, dataset_label)
+        return unique_labels(order, dataset_label)
 
     def models(self, dataset: str) -> list[str]:
         """Model labels (family · size) with runs on this dataset; models with a finetuned run

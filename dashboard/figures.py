@@ -35,7 +35,7 @@ def colour_options(data: RunData) -> list[str]:
     return opts
 
 
-def _categories(data: RunData, colour_by: str):
+def category_codes(data: RunData, colour_by: str):
     """(codes int array, [(code, name, colour)]) for a categorical colouring, or None."""
     f = data.frame
     if colour_by == "true class":
@@ -56,7 +56,7 @@ def _categories(data: RunData, colour_by: str):
     return None
 
 
-def _numeric(data: RunData, colour_by: str) -> np.ndarray:
+def numeric_values(data: RunData, colour_by: str) -> np.ndarray:
     col = data.frame["confidence"] if colour_by == "confidence" else data.frame["meta_" + colour_by]
     return col.to_numpy(dtype=np.float32, na_value=np.nan)
 
@@ -100,7 +100,7 @@ def map_figure(data: RunData, xy: MapXY, colour_by: str = "true class", highligh
     preds = f["pred"].to_numpy() if data.has_predictions else np.full(n, -1)
     k = len(data.class_names) + 1
     grey = ~np.isin(labels, np.asarray(list(highlight), dtype=np.int64)) if len(highlight) else np.zeros(n, bool)
-    cats = _categories(data, colour_by)
+    cats = category_codes(data, colour_by)
     numeric = None
     if cats is not None:
         codes, legend = cats
@@ -111,7 +111,7 @@ def map_figure(data: RunData, xy: MapXY, colour_by: str = "true class", highligh
         colour_idx = lut[np.asarray(codes, np.int64) - lo_code]
     else:
         numeric, legend, colour_idx = colour_by, [], np.zeros(n, np.int64)
-        values = _numeric(data, colour_by)
+        values = numeric_values(data, colour_by)
         finite = values[np.isfinite(values)]
         lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
     colour_idx = np.where(grey, -1, colour_idx)  # grey first

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .data import MapXY, RunData
-from .figures import NUMERIC_SCALE, _categories, _numeric
+from .figures import NUMERIC_SCALE, category_codes, numeric_values
 
 BYTES_PER_POINT = 11  # the point file; the colour column adds 1
 NO_VALUE = 255
@@ -67,7 +67,7 @@ def colour_column(data: RunData, colour_by: str) -> tuple[bytes, dict]:
     """(uint8[n] colour codes, spec) for the map coloured by ``colour_by`` (one of
     ``figures.colour_options``). spec: ``kind`` "category" with ``palette`` and
     ``legend`` [(name, colour, count)], or "numeric" with ``palette``, ``lo``, ``hi``."""
-    cats = _categories(data, colour_by)
+    cats = category_codes(data, colour_by)
     if cats is not None:
         codes, legend = cats
         codes = np.asarray(codes, np.int64)
@@ -81,7 +81,7 @@ def colour_column(data: RunData, colour_by: str) -> tuple[bytes, dict]:
             entries.append((str(name), _hex(colour), int(hit.sum())))
         return out.tobytes(), {"kind": "category", "label": colour_by, "palette": [e[1] for e in entries],
                                "legend": [e for e in entries if e[2]], "alpha": 0.85}
-    values = _numeric(data, colour_by)
+    values = numeric_values(data, colour_by)
     finite = np.isfinite(values)
     lo, hi = (float(values[finite].min()), float(values[finite].max())) if finite.any() else (0.0, 1.0)
     span = hi - lo if hi > lo else 1.0

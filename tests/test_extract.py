@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+import core.extract.batches as batches
 import core.extract.features as features
 from core.store import cache as store
 from tests.conftest import subprocess_timeout
@@ -81,7 +82,7 @@ def test_cache_hit_loads_no_model_and_corrupt_file_is_recomputed(tmp_path, check
         raise AssertionError("a cache hit must not load the model")
 
     with monkeypatch.context() as m:
-        m.setattr(features, "load_checkpoint", boom)
+        m.setattr(batches, "load_checkpoint", boom)
         assert features.extract(**args)[2] is True
 
     data = path.read_bytes()
@@ -105,14 +106,14 @@ def test_cache_hit_loads_no_model_and_corrupt_file_is_recomputed(tmp_path, check
 def test_two_identical_requests_compute_once(tmp_path, checkpoints, monkeypatch):
     h5 = write_galaxy10_h5(tmp_path / "g10.h5", n=20)
     loads = []
-    real = features.load_checkpoint
+    real = batches.load_checkpoint
 
     def counting(*a, **k):
         loads.append(1)
         time.sleep(0.5)  # make the overlap certain
         return real(*a, **k)
 
-    monkeypatch.setattr(features, "load_checkpoint", counting)
+    monkeypatch.setattr(batches, "load_checkpoint", counting)
     results = []
 
     def go():

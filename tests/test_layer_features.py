@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+import core.extract.batches as batches
 import core.extract.features as features
 from core.extract import layers as lf
 
@@ -59,14 +60,14 @@ def test_every_family_stores_its_blocks_from_one_pass(tmp_path, checkpoints, fam
     torch.set_num_threads(1)
     name = family + "-head"
     calls = []
-    real = features.load_checkpoint
+    real = batches.load_checkpoint
 
     def counting_load(*a, **kw):  # count forward passes through the backbone
         ck = real(*a, **kw)
         ck.backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0] if i else None))
         return ck
 
-    monkeypatch.setattr(features, "load_checkpoint", counting_load)
+    monkeypatch.setattr(batches, "load_checkpoint", counting_load)
     path, prov, hit = features.extract(DATASET, f"dir:{checkpoints[name]}", cache=tmp_path, progress=False,
                                        batch_size=16, layers="all", log=lambda *_: None)
     assert not hit

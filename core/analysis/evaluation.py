@@ -8,13 +8,14 @@ predictions and writes ``evaluations/<features key>.json`` plus
 from __future__ import annotations
 
 import json
-import re
 import time
 
 import numpy as np
 import pandas as pd
 
 from core.errors import UserError
+from core.models.checkpoint import MODEL_SIZES, model_size
+from core.models.modes import prediction_mapping
 
 # ---------------------------------------------------------------- metrics
 
@@ -114,17 +115,6 @@ def top_mistakes(df: pd.DataFrame, k: int = 20, class_names=None) -> pd.DataFram
     return out
 
 
-_SIZES = ("nano", "tiny", "small", "base", "large", "huge", "giant")
-
-
-def model_size(name: str | None) -> str | None:
-    """The size word in a model name (`dinov2-base-...` -> "base"), else None."""
-    for part in re.split(r"[^a-z0-9]+", (name or "").lower()):
-        if part in _SIZES:
-            return part
-    return None
-
-
 def base_model_of(prov: dict) -> str:
     """The model a run started from: finetuned checkpoints record `base_model`."""
     return prov.get("base_model") or prov.get("model") or "?"
@@ -173,9 +163,9 @@ def delta_f1_table(evaluations) -> pd.DataFrame:
     cols = ["dataset", "split", "family", "size", "base_model", "f1_full", "f1_head", "delta_f1", "full_run",
             "head_run"]
     df = pd.DataFrame(rows, columns=cols)
-    order = {s: i for i, s in enumerate(_SIZES)}
+    order = {s: i for i, s in enumerate(MODEL_SIZES)}
     if len(df):
-        df = df.assign(_o=df["size"].map(order).fillna(len(_SIZES)))
+        df = df.assign(_o=df["size"].map(order).fillna(len(MODEL_SIZES)))
         df = df.sort_values(["dataset", "family", "_o", "base_model"], kind="stable").drop(columns="_o")
     return df.reset_index(drop=True)
 
@@ -262,35 +252,6 @@ def knn_neighbours(X, i, k: int = 10, metric: str = "cosine", norms=None):
 
 
 # ---------------------------------------------------------------- runs -> evaluations
-
-
-def _norm(name) -> str:
-    return re.sub(r"[^a-z0-9]", "", str(name).lower())
-
-
-_PLACEHOLDER = re.compile(r"^(label|class)?[ _-]?\d+$")
-
-
-def prediction_mapping(class_names, id2label) -> np.ndarray | None:
-    """Map head output indices to dataset class indices, or None when the head does
-    not predict the dataset's classes (a 1000-class ImageNet head, another task's
-    10 classes): such a checkpoint is "generic" and its predictions are never scored.
-
-    The same names in any order (case and punctuation aside) -> remapped by name;
-    unnamed outputs (LABEL_0..., class 0..., 0...) of the right count -> taken in order.
-    """
-    k = len(class_names)
-    if not id2label:
-        return np.arange(k)
-    labels = {int(a): str(b) for a, b in id2label.items()}
-    if sorted(labels) != list(range(k)):
-        return None
-    by_name = {_norm(c): j for j, c in enumerate(class_names)}
-    if len(by_name) == k and set(by_name) == {_norm(labels[i]) for i in range(k)}:
-        return np.array([by_name[_norm(labels[i])] for i in range(k)])
-    if all(_PLACEHOLDER.match(labels[i].strip().lower()) for i in range(k)):
-        return np.arange(k)
-    return None
 
 
 def evaluate_run(run: dict, table: pd.DataFrame, top_k: int = 20) -> dict:
@@ -381,64 +342,6 @@ def write_summary(cache) -> dict:
 # ---------------------------------------------------------------- CLI
 
 
-def add_parser(sub):
-    p = sub.add_parser(
-        "evaluate",
-        help="score cached predictions: F1, confusion, per-class, ΔF1, top mistakes",
-        description="Evaluate cached features runs that carry predictions (test split when there is one). "
-        "Writes evaluations/<features key>.json and evaluations/summary.json (ΔF1 table) and prints tables.",
-    )
-    p.add_argument("--run", help="features run key (see `python -m core ls`)")
-    p.add_argument("--dataset", help="only runs of this dataset reference")
-    p.add_argument("--model", help="only runs of this checkpoint reference")
-    p.add_argument("--top", type=int, default=20, help="most-confident mistakes to keep (default 20)")
-    p.add_argument("--cache", help="cache folder (default: $EXPLORER_CACHE or ./cache)")
-    p.set_defaults(func=run)
-
-
-def _select(runs, args) -> list[dict]:
-    features = [r for r in runs if r["kind"] == "features"]
-    if args.run:
-        hit = [r for r in features if r["key"] == args.run]
-        if not hit:
-            raise UserError(f"no features run {args.run!r} in the cache: list them with `python -m core ls`")
-        if hit[0].get("has_head") and hit[0].get("mode") == "generic":
-            raise UserError(f"features run {args.run} is generic (its head predicts other classes than the galaxy "
-                            "labels): it is not scored; finetune it first with `python -m core finetune`")
-        if not hit[0].get("has_head"):
-            raise UserError(f"features run {args.run} has no predictions (checkpoint without a head): "
-                            "finetune it first with `python -m core finetune`")
-        return hit
-    from core.data.sources import canonical_ref
-
-    chosen = [r for r in features if r.get("has_head") and r.get("mode") in ("head", "full")]
-    if args.dataset:
-        chosen = [r for r in chosen if r.get("dataset") == canonical_ref(args.dataset)]
-    if args.model:
-        chosen = [r for r in chosen if r.get("model") == canonical_ref(args.model)]
-    if (args.dataset or args.model) and not chosen:
-        raise UserError("no cached features with predictions match "
-                        + " ".join(f"--{k} {v}" for k, v in (("dataset", args.dataset), ("model", args.model)) if v)
-                        + ": extract them first with `python -m core extract`")
-    return chosen
-
-
-def _print_evaluation(ev: dict) -> None:
-    print(f"\n== {ev['features_run']}  {ev['model']}  mode={ev['mode']}  on {ev['dataset']}")
-    print(f"split {ev['split']} ({ev['rows']} galaxies): accuracy {ev['accuracy']:.3f}  "
-          f"macro F1 {ev['macro_f1']:.3f}  weighted F1 {ev['weighted_f1']:.3f}")
-    print(f"training images in this split: {ev['leakage']['text']}\n")
-    print(format_table(pd.DataFrame(ev["per_class"])))
-    names = ev["class_names"]
-    cm = pd.DataFrame(ev["confusion"], columns=[str(j) for j in range(len(names))])
-    cm.insert(0, "true \\ pred", [f"{j} {n}" for j, n in enumerate(names)])
-    print("\nconfusion (rows true, columns predicted)")
-    print(format_table(cm))
-    if ev["top_mistakes"]:
-        print("\nmost confident mistakes")
-        print(format_table(pd.DataFrame(ev["top_mistakes"]).head(10)))
-
-
 def read_predictions(path) -> pd.DataFrame | None:
     """The scoring columns of a features run, file or sharded (embeddings stay on disk)."""
     from core.store import cache as store
@@ -450,40 +353,3 @@ def read_predictions(path) -> pd.DataFrame | None:
     wanted = [c for c in ("row", "id", "split", "label", "pred", "confidence") if c in names]
     table = store.read_table(path, columns=wanted)
     return None if table is None else table.to_pandas()
-
-
-def run(args) -> int:
-    from core.store import cache as store
-
-    cache = store.cache_dir(args.cache)
-    chosen = _select(store.list_runs(cache), args)
-    if not chosen:
-        print(f"no cached features with predictions in {cache}: finetune a model "
-              "(`python -m core finetune`) and extract its features (`python -m core extract`)")
-        return 0
-    for r in chosen:
-        table = read_predictions(r["path"])
-        if table is None:
-            print(f"skipped {r['key']}: its parquet no longer reads back")
-            continue
-        try:
-            ev = evaluate_run(r, table, top_k=args.top)
-        except UserError as e:
-            if args.run:
-                raise
-            print(f"skipped {r['key']}: {e}")
-            continue
-        out = store.write_json(store.path_for(cache, "evaluations", r["key"], ".json"), ev)
-        _print_evaluation(ev)
-        print(f"written {out}")
-    summary = write_summary(cache)
-    delta = pd.DataFrame(summary["delta_f1"])
-    if len(delta):
-        shown = delta[["dataset", "split", "family", "size", "base_model", "f1_full", "f1_head", "delta_f1"]].copy()
-        for c in ("f1_full", "f1_head", "delta_f1"):
-            shown[c] = shown[c] * 100  # the paper's Table 1 reports percent
-        print("\nΔF1 = F1 full - F1 head (macro F1, %)")
-        print(format_table(shown, floatfmt="{:.2f}"))
-    else:
-        print("\nΔF1 table: no base model has both a full and a head-only evaluation yet")
-    return 0

@@ -241,7 +241,7 @@ def open_fits(ref: str, root: Path, image_size: int | str = 256, bands: str = "g
 def _join_labels(csv: Path, meta: pd.DataFrame, class_names: str | None):
     """Labels, splits and extra metadata from labels.csv, matched on ``file`` (the cube's
     file name or the galaxy's name without band suffix)."""
-    from core.data.folder import _class_names
+    from core.data.folder import class_names_of
 
     table = pd.read_csv(csv)
     if "file" not in table.columns:
@@ -256,5 +256,5 @@ def _join_labels(csv: Path, meta: pd.DataFrame, class_names: str | None):
     labels = raw.reindex(merged.index).fillna(-1).astype(np.int64).to_numpy()
     splits = (table["split"].reindex(merged.index).fillna("test").astype(str).to_numpy() if "split" in table.columns
               else np.full(len(merged), "test"))
-    names = _class_names(table.reset_index(), labels, class_names)
+    names = class_names_of(table.reset_index(), labels, class_names)
     return merged.reset_index(), labels, splits, names

@@ -85,7 +85,7 @@ def open_folder(ref: str, root: Path, image_size: int | str = 256, class_names: 
         raise SourceError(f"no readable images listed in {csv} ({len(skipped)} skipped)")
 
     labels = table["label"].to_numpy()
-    names = _class_names(table, labels, class_names)
+    names = class_names_of(table, labels, class_names)
     files = [root / f for f in table["file"].astype(str)]
     splits = table["split"].astype(str).to_numpy() if "split" in table.columns else np.full(len(table), "test")
     meta = table.drop(columns=[c for c in ("label", "split") if c in table.columns])
@@ -110,7 +110,7 @@ def open_folder(ref: str, root: Path, image_size: int | str = 256, class_names: 
     return ds
 
 
-def _class_names(table: pd.DataFrame, labels: np.ndarray, option: str | None) -> list[str]:
+def class_names_of(table: pd.DataFrame, labels: np.ndarray, option: str | None) -> list[str]:
     """class_name column if present, else an explicit option, else Galaxy10 names when
     the labels fit them, else "class k"."""
     n = int(labels.max()) + 1 if (labels >= 0).any() else 0

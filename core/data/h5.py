@@ -60,8 +60,9 @@ class H5Dataset(Dataset):
         return self._images()[int(i)]
 
 
-def open_h5(ref: str, path: Path, seed: int | str = 42, test_fraction: float | str = 0.2,
-            split_from: str | None = None, **_):
+def open_h5(ref: str, path: Path, seed: int | str = 42, test_fraction: float | str = 0.2, **_):
+    """An astroNN Galaxy10 h5 file (or one in its layout). ``?split_from=`` (the paper's split) is applied
+    by core.data.sources.open_dataset, which can open the other dataset."""
     path = Path(path)
     if not path.is_file():
         raise SourceError(f"{path} not found: h5: needs the Galaxy10_DECals.h5 file (or one in its layout)")
@@ -99,10 +100,4 @@ def open_h5(ref: str, path: Path, seed: int | str = 42, test_fraction: float | s
         content_key=f"h5:{h.hexdigest()}:seed={seed}:test={test_fraction}",
     )
     ds.path = path
-    if split_from:  # the paper's split: ?split_from=hf:matthieulel/galaxy10_decals (core/data/paper_split.py)
-        from core.data.sources import open_dataset
-        from core.data.paper_split import matched_splits
-
-        ds.splits = matched_splits(ds, open_dataset(split_from))
-        ds.content_key += f":split_from={split_from}"
     return ds

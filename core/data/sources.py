@@ -84,7 +84,14 @@ def open_dataset(ref: str, **kwargs) -> Dataset:
     if prefix == "h5":
         from core.data.h5 import open_h5
 
-        return open_h5(ref, Path(body).expanduser(), **options)
+        split_from = options.pop("split_from", None)
+        ds = open_h5(ref, Path(body).expanduser(), **options)
+        if split_from:  # the paper's split: ?split_from=hf:matthieulel/galaxy10_decals (core/data/paper_split.py)
+            from core.data.paper_split import matched_splits
+
+            ds.splits = matched_splits(ds, open_dataset(split_from))
+            ds.content_key += f":split_from={split_from}"
+        return ds
     if prefix == "hf":
         from core.data.hf import open_hf
 

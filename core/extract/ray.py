@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from core.errors import UserError
-from core.extract.features import BatchExtractor, Job, RunWriter, _finish, _log_skipped
+from core.extract.batches import BatchExtractor, Job, RunWriter, finish, log_skipped
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PART, BATCH = "_part", "_batch"  # the actor's bookkeeping columns, dropped by the driver
@@ -148,7 +148,7 @@ def run_on_ray(job: Job, progress: bool = True, log=print, address: str | None =
     writer = RunWriter(job, prov)
     items = [{"part": part, "start": start, "stop": stop} for part, start, stop in writer.todo()]
     n_todo = sum(item["stop"] - item["start"] for item in items)
-    _log_skipped(job.ds.skipped, log)
+    log_skipped(job.ds.skipped, log)
     ctx = rd.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # parts are written in row order
     ctx.enable_progress_bars = False
@@ -180,7 +180,7 @@ def run_on_ray(job: Job, progress: bool = True, log=print, address: str | None =
             ray.shutdown()
     prov["ray"] = {"actors": n_actors, "device": device, "resources": resources, "address": address or "local",
                    "startup_seconds": round(t_started - t0, 3)}
-    return _finish(writer, prov, t0, t_started, n_todo, log, engine="ray")
+    return finish(writer, prov, t0, t_started, n_todo, log, engine="ray")
 
 
 def _driver_provenance(job: Job) -> dict:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 from core.errors import UserError
 
 MODES = ("generic", "head", "full")
@@ -30,8 +32,6 @@ def resolve_mode(requested: str | None, desc: dict, class_names) -> str:
     ``desc``: `core.models.load.describe` of the checkpoint (has_head, id2label, mode).
     A galaxy mode for a head over other classes is a one-line UserError.
     """
-    from core.analysis.evaluation import prediction_mapping
-
     if requested is not None and requested not in MODES:
         raise UserError(f"unknown mode {requested!r}: use one of {', '.join(MODES)}")
     fits = desc.get("has_head") and prediction_mapping(class_names, desc.get("id2label")) is not None
@@ -80,3 +80,32 @@ def leakage(run: dict, splits) -> dict:
                 "text": f"{n_train} evaluated galaxies are in the {trained.get('split', 'train')} split it was trained on"}
     return {"status": "disjoint", "overlapping": 0,
             "text": f"known disjoint: trained on the {trained.get('split', 'train')} split of this dataset"}
+
+
+def _norm(name) -> str:
+    return re.sub(r"[^a-z0-9]", "", str(name).lower())
+
+
+_PLACEHOLDER = re.compile(r"^(label|class)?[ _-]?\d+$")
+
+
+def prediction_mapping(class_names, id2label) -> np.ndarray | None:
+    """Map head output indices to dataset class indices, or None when the head does
+    not predict the dataset's classes (a 1000-class ImageNet head, another task's
+    10 classes): such a checkpoint is "generic" and its predictions are never scored.
+
+    The same names in any order (case and punctuation aside) -> remapped by name;
+    unnamed outputs (LABEL_0..., class 0..., 0...) of the right count -> taken in order.
+    """
+    k = len(class_names)
+    if not id2label:
+        return np.arange(k)
+    labels = {int(a): str(b) for a, b in id2label.items()}
+    if sorted(labels) != list(range(k)):
+        return None
+    by_name = {_norm(c): j for j, c in enumerate(class_names)}
+    if len(by_name) == k and set(by_name) == {_norm(labels[i]) for i in range(k)}:
+        return np.array([by_name[_norm(labels[i])] for i in range(k)])
+    if all(_PLACEHOLDER.match(labels[i].strip().lower()) for i in range(k)):
+        return np.arange(k)
+    return None

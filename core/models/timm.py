@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # annotations only: torch is imported where a model is built 
     import torch
 
 from core.data.base import SourceError
-from core.models.load import Checkpoint, fingerprint_dir, recorded_provenance
+from core.models.checkpoint import Checkpoint, fingerprint_dir, recorded_provenance
 
 _SIZES = {640: "nano", 768: "tiny/small", 1024: "base", 1536: "large"}  # ConvNeXt widths (Zoobot's encoders)
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from core.store import cache as store
+from core.store import files as store
 
 MANIFEST = "_manifest.json"
 SHARD_ROWS = 100_000  # rows per part; a run of more rows than this is sharded
@@ -181,7 +181,7 @@ class ShardedWriter:
         prov = dict(self.prov, part=k, part_skipped=[])
         return store.AtomicParquetWriter(self.folder / part_name(k), schema, prov)
 
-    def finish(self, provenance: dict) -> dict:
+    def finish(self, run_provenance: dict) -> dict:
         """Write the manifest (complete run); returns the run's provenance."""
         entries, skipped, rows = [], [], 0
         for k, (start, stop) in enumerate(self.ranges):
@@ -193,7 +193,7 @@ class ShardedWriter:
                             "bytes": f.stat().st_size})
             skipped += part_prov.get("part_skipped") or []
             rows += part_prov["rows"]
-        prov = {k: v for k, v in provenance.items() if k not in ("part", "part_skipped")}
+        prov = {k: v for k, v in run_provenance.items() if k not in ("part", "part_skipped")}
         prov.update(rows=rows, skipped=list(prov.get("skipped") or []) + skipped, sharded=True)
         store.write_json(self._manifest_path(), {"format": 1, "provenance": prov, "parts": entries})
-        return store.provenance(self.folder)
+        return provenance(self.folder)

@@ -10,7 +10,7 @@ from core.analysis import attention as A
 
 from .. import data as D
 from ..layerfigs import overlay, png
-from .common import Context, _dataset, log
+from .common import Context, log, open_source
 
 SIZE = 150
 
@@ -23,7 +23,7 @@ def _checkpoint(model_ref: str, cache: str):
 
 
 def _maps(ctx: Context, run: dict, row: int):
-    ds, reason = _dataset(run["dataset"])
+    ds, reason = open_source(run["dataset"])
     if ds is None:
         raise A.AttentionUnavailable(f"the dataset could not be opened ({reason})")
     return A.get(lambda: _checkpoint(run["model"], str(ctx.cache)), ds, int(row), run.get("model_fingerprint", ""),

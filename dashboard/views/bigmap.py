@@ -20,7 +20,8 @@ from .. import pointcloud as PC
 from ..astro import card_lines
 from ..components.bigmap import galaxy_map
 from ..figures import marker_size
-from .common import Context, _map_xy, _mtime, _run_data, _thumbnail, set_picked
+from .placement import placed_other_dataset  # the same toggle and cached placement as the Plotly map
+from .common import Context, cached_map_xy, cached_run_data, mtime, set_picked, thumbnail
 
 BIG_MAP_POINTS = int(os.environ.get("EXPLORER_BIG_MAP_POINTS", "10000"))
 EVENT_KEY = "bigmap"
@@ -35,8 +36,8 @@ def wants_big_map(ctx: Context) -> bool:
 
 @st.cache_resource(show_spinner="Packing the map for the browser…", max_entries=8)
 def _points(features_path: str, fmtime: int, key: str, proj_path: str, pmtime: int) -> bytes:
-    data = _run_data(features_path, fmtime, key)
-    return PC.point_columns(data, _map_xy(features_path, fmtime, key, proj_path, pmtime))
+    data = cached_run_data(features_path, fmtime, key)
+    return PC.point_columns(data, cached_map_xy(features_path, fmtime, key, proj_path, pmtime))
 
 
 @st.cache_resource(show_spinner=False, max_entries=16)
@@ -47,7 +48,7 @@ def _colours(features_path: str, fmtime: int, key: str, colour_by: str, columns:
 
 
 def _keys(ctx: Context) -> tuple:
-    return ctx.run["path"], _mtime(ctx.run["path"]), ctx.run["key"]
+    return ctx.run["path"], mtime(ctx.run["path"]), ctx.run["key"]
 
 
 # ---------------------------------------------------------------- events from the browser
@@ -92,7 +93,7 @@ def hover_info(ctx: Context, key: str = EVENT_KEY) -> dict | None:
     if run_key != ctx.run["key"] or _position(ctx.data, pos) is None:
         return None
     r = ctx.data.frame.iloc[pos]
-    png = _thumbnail(ctx.data.run["dataset"], int(r["row"]))
+    png = thumbnail(ctx.data.run["dataset"], int(r["row"]))
     sky = [line for line in card_lines(r) if not line.startswith("[")]  # RA/Dec, z; the links are on its card
     return {"pos": int(pos), "id": str(r["id"]), "lines": sky,
             "thumb": "data:image/png;base64," + base64.b64encode(png).decode()}
@@ -102,7 +103,6 @@ def hover_info(ctx: Context, key: str = EVENT_KEY) -> dict | None:
 
 def _stars(ctx: Context) -> dict | None:
     """The real photos (another dataset through the same checkpoint) as stars, when asked."""
-    from .map import placed_other_dataset  # the same toggle and cached placement as the Plotly map
 
     got = placed_other_dataset(ctx)
     if got is None:
@@ -120,7 +120,7 @@ def big_map(ctx: Context, marked: dict[str, np.ndarray], height: int = 560, key:
     map (two maps side by side need two); ``stars``: offer to place the real photos."""
     stars = _stars(ctx) if stars else None
     proj = ctx.projection
-    points = _points(*_keys(ctx), proj["path"], _mtime(proj["path"]))
+    points = _points(*_keys(ctx), proj["path"], mtime(proj["path"]))
     colour, spec = _colours(*_keys(ctx), ctx.colour_by, tuple(ctx.data.frame.columns), ctx.data)
     selected = len(marked.get("selected", ())) > 0
     rings = [{"name": f"{name} ({len(pos):,})", "colour": PC.RING_COLOURS[min(i, 1)], "positions": pos,

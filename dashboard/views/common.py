@@ -29,7 +29,7 @@ NO_CELL = "—"
 
 # ---------------------------------------------------------------- cached loading
 
-def _mtime(path) -> int:
+def mtime(path) -> int:
     try:
         return os.stat(path).st_mtime_ns
     except OSError:
@@ -43,30 +43,30 @@ def _list_runs(cache: str, signature: tuple) -> list[dict]:
 
 def load_catalog(cache: Path) -> D.Catalog:
     """The catalog of cached runs; re-listed only when a cache folder changes."""
-    signature = tuple(_mtime(Path(cache) / k) for k in ("features", "projections", "evaluations"))
+    signature = tuple(mtime(Path(cache) / k) for k in ("features", "projections", "evaluations"))
     return D.Catalog.from_runs(_list_runs(str(cache), signature))
 
 
 @st.cache_resource(show_spinner="Reading features…", max_entries=12)
-def _run_data(path: str, mtime: int, key: str) -> D.RunData:
+def cached_run_data(path: str, mtime_ns: int, key: str) -> D.RunData:
     prov = store.provenance(path) or {}
     return D.read_run({**prov, "key": key, "path": path})
 
 
 def run_data(run: dict) -> D.RunData:
-    return _run_data(run["path"], _mtime(run["path"]), run["key"])
+    return cached_run_data(run["path"], mtime(run["path"]), run["key"])
 
 
 @st.cache_resource(show_spinner="Reading the map…", max_entries=24)
-def _map_xy(features_path: str, fmtime: int, key: str, proj_path: str, pmtime: int) -> D.MapXY:
-    data = _run_data(features_path, fmtime, key)
+def cached_map_xy(features_path: str, fmtime: int, key: str, proj_path: str, pmtime: int) -> D.MapXY:
+    data = cached_run_data(features_path, fmtime, key)
     return D.read_projection(data, {**(store.provenance(proj_path) or {}), "path": proj_path})
 
 
 def map_xy(run: dict, projection: dict | None) -> D.MapXY | None:
     if projection is None:
         return None
-    return _map_xy(run["path"], _mtime(run["path"]), run["key"], projection["path"], _mtime(projection["path"]))
+    return cached_map_xy(run["path"], mtime(run["path"]), run["key"], projection["path"], mtime(projection["path"]))
 
 
 @st.cache_resource(show_spinner="Reading embeddings…", max_entries=4)
@@ -77,11 +77,11 @@ def _embeddings(path: str, mtime: int) -> tuple[np.ndarray, np.ndarray]:
 
 def embeddings(run: dict) -> tuple[np.ndarray, np.ndarray]:
     """(X, row norms of X) of a features run, in the order of its RunData frame."""
-    return _embeddings(run["path"], _mtime(run["path"]))
+    return _embeddings(run["path"], mtime(run["path"]))
 
 
 @st.cache_resource(show_spinner=False, max_entries=8)
-def _dataset(ref: str):
+def open_source(ref: str):
     """(Dataset, None) or (None, reason). ``ref`` only ever comes from list_runs."""
     try:
         from core.data.sources import open_dataset
@@ -93,8 +93,8 @@ def _dataset(ref: str):
 
 
 @st.cache_data(show_spinner=False, max_entries=5000)
-def _thumbnail(ref: str, row: int) -> bytes:
-    ds, _ = _dataset(ref)
+def thumbnail(ref: str, row: int) -> bytes:
+    ds, _ = open_source(ref)
     if ds is None:
         return placeholder_png()
     try:
@@ -106,7 +106,7 @@ def _thumbnail(ref: str, row: int) -> bytes:
 
 def thumbnails_note(ref: str) -> str | None:
     """Why thumbnails are grey placeholders for this dataset, or None."""
-    _, reason = _dataset(ref)
+    _, reason = open_source(ref)
     return reason
 
 
@@ -210,7 +210,7 @@ def gallery(ctx: Context, positions, key: str, limit: int = 24, columns: int = 8
     for j, p in enumerate(positions):
         r = frame.iloc[int(p)]
         with cols[j % columns]:
-            st.image(_thumbnail(ref, int(r["row"])), width=THUMB_PX)
+            st.image(thumbnail(ref, int(r["row"])), width=THUMB_PX)
             lines = [f"**{r['id']}**", f"true: {r['true']}"]
             if data.has_predictions:
                 mark = ":green[✓]" if r["correct"] else ":red[✗]"

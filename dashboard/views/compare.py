@@ -10,7 +10,7 @@ from functools import partial
 import streamlit as st
 
 from .. import data as D
-from ..catalog import _unique_labels
+from ..catalog import unique_labels
 from ..figures import colour_options, map_figure
 from .bigmap import big_map, wants_big_map
 from .common import Context, map_xy, on_map_select, run_data
@@ -95,7 +95,7 @@ def third_candidates(ctx: Context, generic: dict, tuned: dict) -> dict[str, dict
     """label -> features run: every other run on this dataset (any model, e.g. a `timm:` encoder)."""
     shown = {generic["key"], tuned["key"]}
     runs = [r for r in ctx.catalog.runs(ctx.dataset) if r["key"] not in shown]
-    return _unique_labels(runs, lambda r: f"{D.model_label(r)} · {ctx.label(r)} · {r.get('model')}")
+    return unique_labels(runs, lambda r: f"{D.model_label(r)} · {ctx.label(r)} · {r.get('model')}")
 
 
 def third_run(ctx: Context, generic: dict, tuned: dict) -> dict | None:

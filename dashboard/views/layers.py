@@ -16,7 +16,7 @@ from core.analysis import layers as L
 
 from .. import data as D
 from ..layerfigs import MODE_NAMES, cka_figure, curves_figure
-from .common import Context, _mtime
+from .common import Context, mtime
 
 KIND_NAMES = {"cls": "CLS token", "mean": "mean of patch tokens"}
 
@@ -28,7 +28,7 @@ def _layer_runs(cache: str, signature: int) -> dict:
 
 def layer_runs(ctx: Context) -> dict:
     """features key -> per-layer features entry, re-listed when the layers folder changes."""
-    return _layer_runs(str(ctx.cache), _mtime(ctx.cache / "layers"))
+    return _layer_runs(str(ctx.cache), mtime(ctx.cache / "layers"))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -70,13 +70,13 @@ def layers_view(ctx: Context) -> None:
                     help="CLS token: what the classifier of ViT and DINOv2 reads; mean of patch tokens: the "
                     "average of what the block says about each part of the image")
     with st.spinner(f"Scoring {len(runs)} checkpoint(s), every {unit} (once; cached)…"):
-        scores = {m: _scores(str(ctx.cache), r["key"], _mtime(r["path"])) for m, r in runs.items()}
+        scores = {m: _scores(str(ctx.cache), r["key"], mtime(r["path"])) for m, r in runs.items()}
         cka = {}
         if "generic" in runs:
             g = runs["generic"]
             for m, r in runs.items():
                 if m != "generic":
-                    cka[m] = _cka(str(ctx.cache), g["key"], r["key"], _mtime(g["path"]), _mtime(r["path"]))["cka"]
+                    cka[m] = _cka(str(ctx.cache), g["key"], r["key"], mtime(g["path"]), mtime(r["path"]))["cka"]
     notes = [s["note"] for s in scores.values() if s.get("note")]
     if notes:
         st.warning(f"No separability scores: this run {notes[0]}.")

@@ -16,7 +16,7 @@ from core.data import sky
 
 from .. import data as D
 from ..astro import LAYERS, OUTLIER_COLUMNS, has_sky, outlier_score, sky_columns, with_outlier_scores
-from .common import Context, _mtime, gallery, log
+from .common import Context, mtime, gallery, log
 
 AUTO_MAX = 5_000  # scored on first view (seconds); larger runs on request (17,736 x 768: ~0.5-2 min on 2 cores)
 SCORES = {"mean": "both (mean)", "knn": "kNN distance", "iforest": "isolation forest"}
@@ -25,7 +25,7 @@ SCORES = {"mean": "both (mean)", "knn": "kNN distance", "iforest": "isolation fo
 def _anomalies_mtime(cache: str, key: str) -> int:
     from core.analysis import outliers as anomaly
 
-    return _mtime(anomaly.anomalies_path(key, cache)[0])
+    return mtime(anomaly.anomalies_path(key, cache)[0])
 
 
 @st.cache_resource(show_spinner="Scoring how unusual each galaxy is…", max_entries=12)
@@ -43,7 +43,7 @@ def with_outliers(cache, run: dict, data: D.RunData) -> D.RunData:
     AUTO_MAX galaxies (or when asked in the Unusual view); unchanged when neither."""
     compute = data.n <= AUTO_MAX or bool(st.session_state.get(f"score-{run['key']}"))
     try:
-        scored = _scored(str(cache), run["key"], _mtime(run["path"]), _anomalies_mtime(str(cache), run["key"]),
+        scored = _scored(str(cache), run["key"], mtime(run["path"]), _anomalies_mtime(str(cache), run["key"]),
                          compute, data)
     except Exception:  # scores are an extra: the rest of the page goes on without them
         log.exception("outlier scores of %s", run["key"])
@@ -87,7 +87,7 @@ def other_datasets(ctx: Context) -> None:
     for other in ctx.catalog.placeable(ctx.run)[:2]:
         name = D.dataset_label(other["dataset"])
         try:
-            s = _against(ctx.run["path"], _mtime(ctx.run["path"]), other["path"], _mtime(other["path"]))
+            s = _against(ctx.run["path"], mtime(ctx.run["path"]), other["path"], mtime(other["path"]))
         except Exception as e:
             st.caption(f"Could not rank {name}: {type(e).__name__}")
             log.exception("ranking %s", other["key"])
