@@ -82,3 +82,16 @@ def test_package_inits_say_what_the_layer_is_and_import_nothing():
         assert ast.get_docstring(tree), f"{init} needs a docstring: what the layer is, what it may import"
         imports = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
         assert not imports, f"{init} imports {ast.unparse(imports[0])}: import the module's full path instead"
+
+
+def test_paths_anchored_to_the_repository_survive_the_move(monkeypatch):
+    """Modules moved a level down; what they find beside the repository must not move with them."""
+    from core.cli.demo import EXAMPLES, GENERIC_WEIGHTS
+    from core.extract import ray
+    from core.store import cache as store
+
+    monkeypatch.delenv("EXPLORER_CACHE", raising=False)
+    assert store.cache_dir() == REPO / "cache"
+    assert (GENERIC_WEIGHTS / "config.json").is_file()
+    assert EXAMPLES == REPO.parent / "shared" / "data" / "galaxyzoo-decals-examples"
+    assert Path(ray.REPO_ROOT) == REPO

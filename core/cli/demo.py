@@ -26,12 +26,12 @@ from core.data.sources import open_dataset
 from core.errors import UserError
 
 DATASET = "synthetic:galaxy10?n=3000&size=64&seed=42"
-EXAMPLES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "galaxyzoo-decals-examples"
+EXAMPLES = store.REPO_ROOT.parent / "shared" / "data" / "galaxyzoo-decals-examples"
 RECIPE = 4  # bump when the demo's models or training change, so old demo checkpoints are rebuilt
 
 # The generic model: a 0.83M-parameter DINOv2-architecture ViT (64 px, patch 8), DINO-pretrained on
 # synthetic galaxies of another seed; how it was trained is in its folder (COMMAND.md, training_log.json).
-GENERIC_WEIGHTS = Path(__file__).resolve().parent / "weights" / "demo-generic"
+GENERIC_WEIGHTS = store.REPO_ROOT / "core" / "weights" / "demo-generic"
 # Head-only: the HF linear classifier (the paper's protocol) on concat(CLS, mean patch token) of the frozen
 # generic model. Its self-supervised features are ill-conditioned (per-dimension spread ~0.04 around means
 # ~0.8), so the linear head needs a large learning rate; one view (no flips) keeps the backbone pass single.

@@ -29,9 +29,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from core.errors import UserError
+from core.store import files
 from core.extract.batches import BatchExtractor, Job, RunWriter, finish, log_skipped
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = str(files.REPO_ROOT)
 PART, BATCH = "_part", "_batch"  # the actor's bookkeeping columns, dropped by the driver
 
 

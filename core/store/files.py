@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 META_KEY = b"explorer"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]  # core/store/files.py -> the repository
 KINDS = ("features", "projections", "evaluations", "checkpoints", "layers", "attention")
 
 
