@@ -8,12 +8,14 @@ downloaded); writes docs/demo-compare.png (the two maps and the per-class kNN ta
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
-from tests.browser_fixtures import chromium, served
-
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # `python bench/demo_screenshots.py` from anywhere finds tests/ and core/
+
+from tests.browser_fixtures import chromium, served  # noqa: E402
 
 
 def main():

@@ -12,7 +12,7 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("streamlit")
+import streamlit  # noqa: F401,E402  (required: a broken install fails here)
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from tests.test_dashboard import APP, ok, texts  # noqa: E402

@@ -104,7 +104,7 @@ def test_features_are_what_the_family_classifier_reads(tmp_path, examples_dir, f
     assert t["id"].tolist() == files
     ours = np.stack(t["embedding"].to_numpy())
     assert ours.shape == head_in.shape
-    assert np.median(centred_cosine(ours, head_in)) >= 0.99
+    assert np.percentile(centred_cosine(ours, head_in), 5) >= 0.99  # the worst galaxies too, not only the median
     # the cached predictions are the HF classifier's
     probs = torch.softmax(torch.from_numpy(logits), -1).numpy()
     assert np.abs(np.stack(t["probs"].to_numpy()) - probs).max() < 1e-3
@@ -113,8 +113,8 @@ def test_features_are_what_the_family_classifier_reads(tmp_path, examples_dir, f
     if family == "dinov2":  # the default: CLS after the final LayerNorm (the paper's features)
         run, t = _extract(tmp_path, examples_dir, path, "auto")
         assert run["pooling"] == "cls"
-        assert np.median(centred_cosine(np.stack(t["embedding"].to_numpy()), pooled)) >= 0.99
-        assert np.median(centred_cosine(np.stack(t["embedding"].to_numpy()), head_in[:, :32])) >= 0.99
+        assert np.percentile(centred_cosine(np.stack(t["embedding"].to_numpy()), pooled), 5) >= 0.99  # the worst galaxies too, not only the median
+        assert np.percentile(centred_cosine(np.stack(t["embedding"].to_numpy()), head_in[:, :32]), 5) >= 0.99  # the worst galaxies too, not only the median
 
 
 @pytest.mark.slow

@@ -8,7 +8,7 @@ from core.data.sources import open_dataset
 from core.data.base import SourceError
 from core.data.fits import legacy_rgb, lupton_rgb
 
-fits = pytest.importorskip("astropy.io.fits")
+from astropy.io import fits  # noqa: E402
 
 
 def header(ra, dec, size, pxscale=0.262, cube=True):

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-pytest.importorskip("streamlit")
+import streamlit  # noqa: F401,E402  (required: a broken install fails here)
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from core.store import cache as store  # noqa: E402

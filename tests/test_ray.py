@@ -18,7 +18,7 @@ from tests.conftest import subprocess_timeout
 from tests.test_extract import REPO
 from tests.test_shards import QUIET, bad_folder, embeddings
 
-ray = pytest.importorskip("ray")
+import ray  # noqa: E402
 SYNTHETIC = "synthetic:galaxy10?n=2000&size=64&seed=7"
 
 

@@ -168,9 +168,10 @@ def five_thousand():
 def test_same_quality_as_openTSNE_on_5000_points(five_thousand):
     X, P, theirs, ours, kl = five_thousand
     q_ours, q_theirs = proj.map_quality(X, ours), proj.map_quality(X, theirs)
-    assert abs(q_ours["knn_preservation"] - q_theirs["knn_preservation"]) <= 0.01
+    # one-sided: ours may be better than openTSNE, never worse by more than the tolerance
+    assert q_ours["knn_preservation"] >= q_theirs["knn_preservation"] - 0.01
     kl_ours, kl_theirs = exact_kl(P, ours), exact_kl(P, theirs)
-    assert abs(kl_ours - kl_theirs) <= 0.05 * kl_theirs
+    assert kl_ours <= 1.05 * kl_theirs
     assert kl == pytest.approx(kl_ours, rel=0.01)  # the KL we report (FFT Z) is the exact one
     # a real map, not a collapsed or exploded one: like openTSNE's in extent
     assert 0.5 < np.ptp(ours, axis=0).max() / np.ptp(theirs, axis=0).max() < 2
