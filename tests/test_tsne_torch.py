@@ -74,6 +74,83 @@ def test_knn_errors_say_what_is_wrong():
         knn_mod.knn(np.zeros((10, 3), np.float32), 2, precision="fp8")
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "tf32"])
+def test_device_knn_is_exact_and_stays_on_the_device(precision):
+    """The t-SNE's own kNN (tsne_torch.device_knn, the CUDA path) run on the CPU:
+    certified rounded products re-ranked, the uncertified rows searched again."""
+    X, _ = blobs(500, d=24, n_classes=5, seed=3)
+    X = torch.as_tensor(X + (40.0 if precision != "fp32" else 0.0))
+    ref_idx, ref_d2 = brute_knn(X.numpy(), 12)
+    # margin 0: no spare candidates, so rounded rows cannot be certified and are searched again
+    for margin in (32, 0):
+        stats = {}
+        idx, d2 = tsne_torch.device_knn(X, 12, precision=precision, chunk_rows=96, margin=margin, stats=stats)
+        assert torch.is_tensor(idx) and idx.device == X.device and idx.shape == (500, 12)
+        assert (idx.numpy() == ref_idx).mean() > 0.999
+        np.testing.assert_allclose(d2.numpy(), ref_d2, rtol=1e-4, atol=1e-3)
+        if precision != "fp32" and margin == 0:
+            assert stats["rows_searched_again"] > 100
+    with pytest.raises(ValueError, match="k=500 neighbours asked among 500 points"):
+        tsne_torch.device_knn(X, 500)
+
+
+def test_layout_grid_box_count_is_fixed_between_looks():
+    # given the box count, repulsion is openTSNE's count's result when they agree, and a finer
+    # grid (more boxes than the width needs) is at least as close to the exact sum
+    Y = torch.as_tensor(np.random.default_rng(1).normal(size=(1500, 2)) * 20).float()
+    width = float(Y.max() - Y.min())
+    auto, Z_auto = tsne_torch.repulsion(Y)
+    fixed, Z_fixed = tsne_torch.repulsion(Y, tsne_torch.n_boxes(width))
+    assert torch.equal(auto, fixed) and float(Z_auto) == float(Z_fixed)
+    Yd = Y.double()
+    D = ((Yd[:, None] - Yd[None]) ** 2).sum(-1)
+    W = 1 / (1 + D)
+    W.fill_diagonal_(0)
+    exact = ((W ** 2)[:, :, None] * (Yd[:, None] - Yd[None])).sum(1) / W.sum()
+    finer, _ = tsne_torch.repulsion(Y, tsne_torch.n_boxes(width) + 30)
+    err = lambda g: float((g.double() - exact).norm(dim=1).mean() / exact.norm(dim=1).mean())  # noqa: E731
+    assert err(finer) <= err(fixed) * 1.05 and err(fixed) < 0.05
+    # the count: openTSNE's for the width the map is growing to, kept while it is enough
+    assert tsne_torch.next_boxes(30.0) == 50
+    assert tsne_torch.next_boxes(100.0, 90.0) == tsne_torch.n_boxes(115.0)
+    assert tsne_torch.next_boxes(100.0, 99.0, current=120) == 120  # enough, not wasteful: no new shapes
+    assert tsne_torch.next_boxes(100.0, 99.0, current=100) == tsne_torch.n_boxes(101.5)  # outgrown
+    assert tsne_torch.next_boxes(60.0, 60.0, current=200) == tsne_torch.n_boxes(60.0)  # map shrank a lot
+
+
+def test_layout_steps_are_capped_and_keep_openTSNE_momentum():
+    """openTSNE 1.0.4: momentum 0.8 in both phases, no point moves more than 5 per step."""
+    n = 3000
+    Y = torch.as_tensor(np.random.default_rng(2).normal(size=(n, 2))).float()
+    # half of all affinity between points 0 and 1, about 1 apart: the learning rate (n / 12)
+    # times the exaggerated pull would move them by hundreds
+    rows, cols, P = torch.tensor([0, 1]), torch.tensor([1, 0]), torch.tensor([0.5, 0.5])
+    pull = float((Y[0] - Y[1]).norm()) / (1 + float((Y[0] - Y[1]).norm()) ** 2) * 0.5 * n
+    before = Y.clone()
+    tsne_torch.optimise(Y, rows, cols, P, [(1, 12.0, tsne_torch.MOMENTUM)])
+    moved = ((Y - before) - (Y - before).mean(dim=0)).norm(dim=1)
+    assert pull > 100 and float(moved[:2].min()) == pytest.approx(5.0, rel=1e-3)
+    assert float(moved.max()) <= 5.0 * 1.001
+    assert tsne_torch.MOMENTUM == 0.8 and tsne_torch.MAX_STEP == 5.0
+
+
+def test_layout_refresh_does_not_change_the_map():
+    """Looking at the map's width every iteration or every 10 gives the same layout
+    up to the grid's interpolation error (the box count only lags the growth)."""
+    X, labels = blobs(600, d=16, n_classes=4, seed=7)
+    rows, cols, P = affinities.joint(*knn_mod.knn(X, 90), 30.0)
+    start = tsne_torch.pca_start(torch.as_tensor(X), 42)
+    maps = []
+    for refresh in (1, 10):
+        Y = start.clone()
+        tsne_torch.optimise(Y, rows, cols, P, [(100, 12.0, 0.8), (150, 1.0, 0.8)], refresh=refresh)
+        maps.append(Y.numpy())
+    q = [proj.map_quality(X, Y)["knn_preservation"] for Y in maps]
+    assert abs(q[0] - q[1]) < 0.02
+    for a in range(2):
+        assert abs(np.corrcoef(maps[0][:, a], maps[1][:, a])[0, 1]) > 0.98
+
+
 # ---------------------------------------------------------------- the pieces against openTSNE
 
 
