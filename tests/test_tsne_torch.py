@@ -151,6 +151,47 @@ def test_layout_refresh_does_not_change_the_map():
         assert abs(np.corrcoef(maps[0][:, a], maps[1][:, a])[0, 1]) > 0.98
 
 
+def test_approximate_knn_finds_most_true_neighbours():
+    """The survey-size path (tsne_torch.approximate_knn, an inverted file in torch) on the CPU:
+    recall against exact search, measured, and exact distances for what it returns."""
+    X, _ = blobs(3000, d=32, n_classes=6, seed=8)
+    T = torch.as_tensor(X)
+    idx, d2 = tsne_torch.approximate_knn(T, 15, clusters=24, probes=6)
+    ref, _ = knn_mod.knn(X, 15)
+    recall = np.mean([len(set(a) & set(b)) / 15 for a, b in zip(idx.numpy(), ref)])
+    assert recall > 0.9
+    assert not (idx.numpy() == np.arange(3000)[:, None]).any()
+    true_d2 = ((X[:, None, :] - X[idx.numpy()]) ** 2).sum(-1)
+    np.testing.assert_allclose(d2.numpy(), true_d2, rtol=1e-4, atol=1e-3)
+    assert (np.diff(d2.numpy(), axis=1) >= 0).all()
+    # probing every cell is exact search
+    idx_all, _ = tsne_torch.approximate_knn(T, 15, clusters=8, probes=8)
+    assert (idx_all.numpy() == ref).mean() > 0.999
+
+
+def test_directed_affinities_give_the_symmetric_attraction(monkeypatch):
+    X, _ = blobs(700, d=16, n_classes=4, seed=9)
+    idx, d2 = knn_mod.knn(X, 60)
+    Y = torch.as_tensor(np.random.default_rng(3).normal(size=(700, 2)) * 5).float()
+    sym = tsne_torch.attraction(Y, *affinities.joint(idx, d2, 20.0))
+    rows, cols, P = affinities.directed(idx, d2, 20.0)
+    assert len(P) == 700 * 60 and float(P.double().sum()) == pytest.approx(0.5, abs=1e-6)
+    np.testing.assert_allclose(tsne_torch.attraction(Y, rows, cols, P, directed=True).numpy(), sym.numpy(),
+                               rtol=1e-4, atol=1e-7)
+    # a whole map through the directed path (as from 2M points) and from precomputed neighbours
+    monkeypatch.setattr(tsne_torch, "DIRECTED_FROM", 100)
+    a = tsne_torch.tsne(X, perplexity=20.0, device="cpu", n_iter=150, early_exaggeration_iter=100)
+    b = tsne_torch.tsne(torch.as_tensor(X), perplexity=20.0, n_iter=150, early_exaggeration_iter=100,
+                        neighbours=(torch.as_tensor(idx), torch.as_tensor(d2)))
+    monkeypatch.setattr(tsne_torch, "DIRECTED_FROM", 10 ** 9)
+    c = tsne_torch.tsne(X, perplexity=20.0, device="cpu", n_iter=150, early_exaggeration_iter=100)
+    np.testing.assert_allclose(a, b, atol=1e-3)
+    # the same gradient summed in another order: a map as good (the details, even the
+    # blobs' arrangement, may differ: t-SNE amplifies rounding)
+    qa, qc = (proj.map_quality(X, Y)["knn_preservation"] for Y in (a, c))
+    assert abs(qa - qc) < 0.02 and qa > 0.2
+
+
 # ---------------------------------------------------------------- the pieces against openTSNE
 
 

@@ -108,6 +108,19 @@ def joint(idx, d2, perplexity: float, device="cpu") -> tuple[torch.Tensor, torch
     return rows, cols, vals.float()
 
 
+def directed(idx, d2, perplexity: float, device="cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`joint` without building the symmetric matrix: one edge ``(i, j)`` per
+    neighbour with ``P_cond[i, j] / (2 n)``. The attraction of an edge, applied to
+    both ends (:func:`core.analysis.maps.tsne_torch.attraction` with ``directed``),
+    is the symmetric P's; half the edges, and no sort of all of them (at 10M points
+    the symmetric P's coalesce alone needed ~90 GB)."""
+    idx = torch.as_tensor(np.asarray(idx) if not torch.is_tensor(idx) else idx, device=device)
+    n, k = idx.shape
+    cond = conditional(torch.as_tensor(d2, device=device), perplexity)
+    rows = torch.arange(n, device=idx.device).repeat_interleave(k)
+    return rows, idx.reshape(-1), (cond.reshape(-1) / (2 * n)).float()
+
+
 def joint_csr(idx, d2, perplexity: float):
     """:func:`joint` as a scipy CSR matrix (n, n) float64 summing to 1: the P
     openTSNE optimises (its ``Affinities.P``)."""

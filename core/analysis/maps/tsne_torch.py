@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from core.analysis.knn import default_device, knn
+from core.analysis.maps import affinities
 from core.analysis.maps.affinities import check_perplexity, joint
 
 N_INTERPOLATION = 3
@@ -113,6 +114,79 @@ def device_knn(X: torch.Tensor, k: int, precision: str | None = None, chunk_rows
         D[torch.arange(len(r), device=dev), r] = float("inf")
         d, i = torch.topk(D, k, dim=1, largest=False, sorted=True)
         idx[r], dist[r] = i, d
+    return idx, dist
+
+
+def approximate_knn(X: torch.Tensor, k: int, clusters: int | None = None, probes: int = 8, seed: int = 0,
+                    iterations: int = 8, chunk_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Approximate ``k`` nearest rows of ``X`` (n, d) (each excluding itself), for
+    sizes where the exact search's n^2 d products cost too much (10M points).
+
+    An inverted file in torch: k-means (``iterations`` Lloyd steps on a sample of
+    256 points per centroid) into ``clusters`` cells (default ~sqrt(n)), then each
+    cell's points are searched exactly among the points of the ``probes`` cells
+    whose centroids are nearest its own (one product per cell, in TF32 on CUDA,
+    the kept distances recomputed in float32). Recall is measured, not guaranteed
+    (bench/gpu_survey.py): a point near a cell's border can have neighbours in a
+    cell not probed. Returns ``(indices int64, squared distances float32)`` (n, k)
+    tensors on X's device, nearest first."""
+    dev = X.device
+    n, k = len(X), int(k)
+    clusters = int(clusters or max(1, round(n ** 0.5)))
+    probes = min(probes, clusters)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    sample = torch.randperm(n, generator=g)[:min(n, 256 * clusters)].to(dev)
+    C = X[sample[torch.randperm(len(sample), generator=g)[:clusters].to(dev)]].float().clone()
+    step = chunk_rows or max(16, (1 << 28 if dev.type == "cuda" else 1 << 22) // clusters)
+
+    def nearest_centroid(rows):
+        out = torch.empty(len(rows), dtype=torch.int64, device=dev)
+        cn = (C * C).sum(dim=1)
+        for s0 in range(0, len(rows), step):
+            Q = X[rows[s0:s0 + step]].float()
+            out[s0:s0 + step] = (cn[None, :] - 2 * Q @ C.T).argmin(dim=1)
+        return out
+
+    Xs = X[sample].float()
+    for _ in range(iterations):  # Lloyd on the sample; empty cells keep their centroid
+        a = nearest_centroid(sample)
+        sums = torch.zeros_like(C).index_add_(0, a, Xs)
+        counts = torch.bincount(a, minlength=clusters).to(C.dtype)[:, None]
+        C = torch.where(counts > 0, sums / counts.clamp(min=1), C)
+    del Xs
+    cell = nearest_centroid(torch.arange(n, device=dev))
+    order = torch.argsort(cell)
+    counts = torch.bincount(cell, minlength=clusters).cpu().tolist()  # one sync: cell sizes for the loop
+    starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
+    cn = (C * C).sum(dim=1)
+    near_cells = torch.topk(cn[None, :] - 2 * C @ C.T + cn[:, None], probes, dim=1, largest=False).indices.cpu().tolist()
+    idx = torch.empty((n, k), dtype=torch.int64, device=dev)
+    dist = torch.empty((n, k), dtype=torch.float32, device=dev)
+    members = [order[starts[c]:starts[c + 1]] for c in range(clusters)]
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        for c in range(clusters):
+            q = members[c]
+            if not len(q):
+                continue
+            cand = torch.cat([members[o] for o in near_cells[c]])
+            if len(cand) <= k:  # too few candidates in the probed cells: search every point
+                cand = torch.arange(n, device=dev)
+            Cx = X[cand].float()
+            cx = (Cx * Cx).sum(dim=1)
+            for s0 in range(0, len(q), step):
+                qq = q[s0:s0 + step]
+                Q = X[qq].float()
+                D = cx[None, :] - 2 * Q @ Cx.T
+                D[cand[None, :] == qq[:, None]] = float("inf")  # itself
+                j = torch.topk(D, k, dim=1, largest=False, sorted=False).indices
+                nb = cand[j]
+                d = ((Q[:, None, :] - X[nb].float()) ** 2).sum(dim=2)  # float32, not TF32
+                d, o = torch.sort(d, dim=1)
+                idx[qq], dist[qq] = torch.gather(nb, 1, o), d
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
     return idx, dist
 
 
@@ -218,11 +292,15 @@ def repulsion(Y: torch.Tensor, boxes: int | None = None) -> tuple[torch.Tensor, 
     return (Y * phi[:, :1] - phi[:, 1:3]) / Z.to(Y.dtype), Z
 
 
-def attraction(Y: torch.Tensor, rows, cols, P) -> torch.Tensor:
-    """Attractive gradient (n, 2): sum_j P_ij (y_i - y_j) / (1 + |y_i - y_j|^2)."""
+def attraction(Y: torch.Tensor, rows, cols, P, directed: bool = False) -> torch.Tensor:
+    """Attractive gradient (n, 2): sum_j P_ij (y_i - y_j) / (1 + |y_i - y_j|^2).
+    ``directed``: (rows, cols, P) are :func:`core.analysis.maps.affinities.directed`
+    edges, each pulling both its ends."""
     diff = Y.index_select(0, rows) - Y.index_select(0, cols)  # index_select: ~2x faster than Y[rows] on the CPU
     w = P / (1 + (diff * diff).sum(dim=1))
-    return torch.zeros_like(Y).index_add_(0, rows, diff.mul_(w[:, None]))
+    force = diff.mul_(w[:, None])
+    grad = torch.zeros_like(Y).index_add_(0, rows, force)
+    return grad.index_add_(0, cols, force, alpha=-1) if directed else grad
 
 
 def kl_divergence(Y: torch.Tensor, rows, cols, P) -> float:
@@ -242,12 +320,14 @@ def kl_divergence(Y: torch.Tensor, rows, cols, P) -> float:
 REFRESH = 10  # iterations between looks at the map's width (the only host syncs of the layout)
 MAX_STEP = 5.0  # openTSNE 1.0.4's max_step_norm: no point moves further in one step
 MOMENTUM = 0.8  # openTSNE 1.0.4's, in both phases
+DIRECTED_FROM = 2_000_000  # points from which P stays as directed edges (memory: see affinities.directed)
 
 
-def _step(Y, update, gains, rows, cols, P, boxes: int, exaggeration: float, momentum: float, lr: float):
+def _step(Y, update, gains, rows, cols, P, boxes: int, exaggeration: float, momentum: float, lr: float,
+          directed: bool = False):
     """One gradient step, in place on ``Y``, ``update`` and ``gains`` (no host sync)."""
     rep, _ = repulsion(Y, boxes)
-    grad = exaggeration * attraction(Y, rows, cols, P) - rep
+    grad = exaggeration * attraction(Y, rows, cols, P, directed) - rep
     flipped = torch.sign(update) != torch.sign(grad)
     gains.copy_(torch.where(flipped, gains + 0.2, gains * 0.8 + 0.01))
     update.mul_(momentum).sub_(lr * gains * grad)
@@ -271,14 +351,15 @@ def next_boxes(width: float, previous_width: float | None = None, current: int |
 
 
 def optimise(Y, rows, cols, P, phases, progress: bool = False, graphs: bool | None = None,
-             refresh: int = REFRESH) -> torch.Tensor:
+             refresh: int = REFRESH, directed: bool = False) -> torch.Tensor:
     """openTSNE's gradient descent on ``Y`` (n, 2) float32, in place. ``phases``:
     ``[(iterations, exaggeration, momentum), ...]``; gains and the update carry
     over between phases; learning rate N / exaggeration; steps capped at
     :data:`MAX_STEP`. The map's width is read every ``refresh`` iterations (one
     host sync) to size the grid (:func:`next_boxes`). ``graphs``: replay each
     block of iterations as a captured CUDA graph (None: on CUDA, falling back to
-    plain launches if capture fails; ignored elsewhere)."""
+    plain launches if capture fails; ignored elsewhere). ``directed``: P's edges
+    are :func:`core.analysis.maps.affinities.directed` ones."""
     n = len(Y)
     update = torch.zeros_like(Y)
     gains = torch.ones_like(Y)
@@ -300,7 +381,7 @@ def optimise(Y, rows, cols, P, phases, progress: bool = False, graphs: bool | No
             boxes = next_boxes(width, previous, boxes)
             previous = width
             block = min(refresh, iterations - done)
-            args = (Y, update, gains, rows, cols, P, boxes, exaggeration, momentum, lr)
+            args = (Y, update, gains, rows, cols, P, boxes, exaggeration, momentum, lr, directed)
             if use_graphs:
                 try:
                     graph = captured.get((boxes, phase))
@@ -346,7 +427,7 @@ def _capture(args, pool=None):
 def tsne(X, perplexity: float = 30.0, seed: int = 42, init=None, n_iter: int = 500,
          early_exaggeration_iter: int = 250, early_exaggeration: float = 12.0, device: str | None = None,
          progress: bool = False, return_kl: bool = False, timings: dict | None = None, threads: int | None = 1,
-         graphs: bool | None = None):
+         graphs: bool | None = None, neighbours=None):
     """(n, d) features -> (n, 2) float32 t-SNE map (openTSNE's defaults).
 
     ``init`` (n, 2): start from these coordinates at their own scale and skip
@@ -357,29 +438,40 @@ def tsne(X, perplexity: float = 30.0, seed: int = 42, init=None, n_iter: int = 5
     stage (knn, affinities, start, layout). ``threads``: torch's CPU threads for
     the layout (default 1: its many small steps ran 5x slower per iteration on 2
     threads of a busy 2-core machine; None keeps torch's setting). ``graphs``:
-    CUDA graphs for the layout (see :func:`optimise`). A perplexity above
+    CUDA graphs for the layout (see :func:`optimise`). ``X`` may be a tensor (the
+    run stays on its device); ``neighbours``: ``(idx, d2)`` (n, k) found by the
+    caller (e.g. :func:`approximate_knn`), k >= 3 x perplexity. From
+    :data:`DIRECTED_FROM` points P stays as directed edges (no symmetric matrix
+    built; ``return_kl`` builds it). A perplexity above
     (n - 1) / 3 is a :class:`~core.analysis.maps.quality.ProjectionError`; inputs
     are otherwise assumed validated (:func:`core.analysis.maps.projection.check_features`).
     """
     dev = torch.device(device or default_device())
     lap = _Laps(dev, timings)
-    X = np.ascontiguousarray(X, dtype=np.float32)
+    if torch.is_tensor(X):  # features already on a device (e.g. generated there at survey size)
+        Xd, dev = X, X.device
+        lap = _Laps(dev, timings)
+    else:
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        with warnings.catch_warnings():  # X may be a read-only view of the cache; nothing writes it
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            Xd = torch.as_tensor(X).to(dev) if dev.type == "cuda" else None
     n = len(X)
     check_perplexity(perplexity, n)
     k = min(n - 1, int(3 * perplexity))
     searched = {}
-    if dev.type == "cuda":  # neighbours and P stay on the GPU
-        with warnings.catch_warnings():  # X may be a read-only view of the cache; nothing writes it
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            Xd = torch.as_tensor(X).to(dev)
+    if neighbours is not None:  # (idx, d2) searched by the caller, e.g. approximate_knn
+        idx, d2 = neighbours
+    elif Xd is not None:  # neighbours and P stay on the device
         idx, d2 = device_knn(Xd, k, stats=searched)
     else:
-        Xd = None
         idx, d2 = knn(X, k, device="cpu", stats=searched)
     lap("knn")
     if timings is not None and searched:
         timings["knn_rows_searched_again"] = searched["rows_searched_again"]
-    rows, cols, P = joint(idx, d2, perplexity, dev)
+    directed = n >= DIRECTED_FROM and not return_kl
+    rows, cols, P = (affinities.directed if directed else joint)(idx, d2, perplexity, dev)
+    del idx, d2
     lap("affinities")
     if init is None:
         with warnings.catch_warnings():  # X may be a read-only view of the cache; pca_start only reads it
@@ -396,7 +488,7 @@ def tsne(X, perplexity: float = 30.0, seed: int = 42, init=None, n_iter: int = 5
     if dev.type == "cpu" and threads:
         torch.set_num_threads(threads)
     try:
-        Y = optimise(Y.contiguous(), rows, cols, P, phases, progress, graphs=graphs)
+        Y = optimise(Y.contiguous(), rows, cols, P, phases, progress, graphs=graphs, directed=directed)
     finally:
         torch.set_num_threads(before)
     out = Y.cpu().numpy().astype(np.float32)
