@@ -128,7 +128,8 @@ def approximate_knn(X: torch.Tensor, k: int, clusters: int | None = None, probes
     whose centroids are nearest its own (one product per cell, in TF32 on CUDA,
     the kept distances recomputed in float32). Recall is measured, not guaranteed
     (bench/gpu_survey.py): a point near a cell's border can have neighbours in a
-    cell not probed. Returns ``(indices int64, squared distances float32)`` (n, k)
+    cell not probed. On 20,000 clustered 768-d points (CPU) recall@10 was 0.64 /
+    0.78 / 0.88 probing 8 / 16 / 32 of 141 cells: probe a good share of the cells. Returns ``(indices int64, squared distances float32)`` (n, k)
     tensors on X's device, nearest first."""
     dev = X.device
     n, k = len(X), int(k)
@@ -175,8 +176,9 @@ def approximate_knn(X: torch.Tensor, k: int, clusters: int | None = None, probes
                 cand = torch.arange(n, device=dev)
             Cx = X[cand].float()
             cx = (Cx * Cx).sum(dim=1)
-            for s0 in range(0, len(q), step):
-                qq = q[s0:s0 + step]
+            rows = chunk_rows or max(16, (1 << 28 if dev.type == "cuda" else 1 << 22) // len(cand))
+            for s0 in range(0, len(q), rows):
+                qq = q[s0:s0 + rows]
                 Q = X[qq].float()
                 D = cx[None, :] - 2 * Q @ Cx.T
                 D[cand[None, :] == qq[:, None]] = float("inf")  # itself
