@@ -101,12 +101,13 @@ def device_features(n: int, d: int = 768, seed: int = 0, device="cuda"):
 
     g = torch.Generator(device=device).manual_seed(seed)
     p = torch.tensor(GALAXY10_COUNTS, dtype=torch.float64, device=device)
-    labels = torch.multinomial(p / p.sum(), n, replacement=True, generator=g)
+    cum = torch.cumsum(p / p.sum(), 0)
+    labels = torch.searchsorted(cum, torch.rand(n, generator=g, device=device, dtype=torch.float64)).clamp_(max=9)
     means = torch.randn(10, d, generator=g, device=device) * 0.08
     shared = torch.randn(16, d, generator=g, device=device) * (0.5 / torch.arange(1, 17, device=device) ** 0.5)[:, None]
     loads = torch.randn(10, 12, d, generator=g, device=device) * (0.6 / torch.arange(1, 13, device=device) ** 0.5)[None, :, None]
     X = torch.empty(n, d, device=device)
-    step = 1 << 18
+    step = 1 << 15  # loads[c] is (rows, 12, d): 1.2 GB at this step
     for s in range(0, n, step):
         c = labels[s:s + step]
         z = torch.randn(len(c), 12, generator=g, device=device)
@@ -240,7 +241,7 @@ def stage_tsne(res: Results, device, smoke, sizes=None):
                        preservation_min=GOALS["knn_preservation_1m_min"]) if big == 1_000_000 else None)
 
 
-def stage_tsne10m(res: Results, device, smoke, n=None, clusters=1024, probes=48):
+def stage_tsne10m(res: Results, device, smoke, n=None, clusters=1024, probes=32):
     """10M x 768 synthetic features: approximate kNN (tsne_torch.approximate_knn), its
     recall on 1,000 rows against exact search, the whole t-SNE and its kNN preservation."""
     import torch

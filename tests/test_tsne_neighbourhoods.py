@@ -91,3 +91,11 @@ def test_maps_keep_as_many_neighbours_as_scikit_learn():
     ours = proj.map_quality(X, proj.tsne(X, device="cpu"))["knn_preservation"]
     theirs = proj.map_quality(X, TSNE(perplexity=30, init="pca", random_state=42).fit_transform(X))["knn_preservation"]
     assert ours >= theirs - 0.01
+
+
+def test_calibration_by_chunks_is_the_same(monkeypatch):
+    X, _ = far_features(500)
+    _, d2 = proj.exact_knn(X, 90)
+    whole = affinities.conditional(d2, 30.0)
+    monkeypatch.setattr(affinities, "CHUNK_ELEMENTS", 90 * 64)  # 8 chunks, the last one short
+    np.testing.assert_array_equal(affinities.conditional(d2, 30.0).numpy(), whole.numpy())

@@ -30,6 +30,7 @@ from core.analysis.maps.quality import ProjectionError
 
 TOL = 1e-8  # on the entropy (nats), openTSNE's and scikit-learn's tolerance
 MAX_ITER = 200
+CHUNK_ELEMENTS = 1 << 24  # distances calibrated at once
 
 
 def check_perplexity(perplexity: float, n: int) -> None:
@@ -53,11 +54,15 @@ def conditional(d2, perplexity: float, tol: float = TOL, max_iter: int = MAX_ITE
     The perplexity must be below k (k neighbours give at most perplexity k, all
     equal): ValueError otherwise. A row whose neighbours are all equidistant has
     perplexity k whatever beta and is left uniform (as scikit-learn does)."""
-    d2 = torch.as_tensor(d2).double()
+    d2 = torch.as_tensor(d2)
     n, k = d2.shape
     if not 0 < perplexity < k:
         raise ValueError(f"perplexity {perplexity:g} cannot be reached with {k} neighbours per point "
                          f"(at most {k}, when all are equally near); search more neighbours or lower it")
+    rows = max(1, CHUNK_ELEMENTS // k)
+    if n > rows:  # by chunks of rows: float64 temporaries of ~128 MB each whatever n (10M points: 7 GB each)
+        return torch.cat([conditional(d2[s:s + rows], perplexity, tol, max_iter) for s in range(0, n, rows)])
+    d2 = d2.double()
     shifted = d2 - d2.min(dim=1, keepdim=True).values
     target = math.log(perplexity)
     beta = torch.ones(n, 1, dtype=torch.float64, device=d2.device)

@@ -160,7 +160,9 @@ def approximate_knn(X: torch.Tensor, k: int, clusters: int | None = None, probes
     counts = torch.bincount(cell, minlength=clusters).cpu().tolist()  # one sync: cell sizes for the loop
     starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
     cn = (C * C).sum(dim=1)
-    near_cells = torch.topk(cn[None, :] - 2 * C @ C.T + cn[:, None], probes, dim=1, largest=False).indices.cpu().tolist()
+    between = cn[None, :] - 2 * C @ C.T + cn[:, None]
+    between.fill_diagonal_(-1.0)  # a cell's own points come first among its candidates
+    near_cells = torch.topk(between, probes, dim=1, largest=False).indices.cpu().tolist()
     idx = torch.empty((n, k), dtype=torch.int64, device=dev)
     dist = torch.empty((n, k), dtype=torch.float32, device=dev)
     members = [order[starts[c]:starts[c + 1]] for c in range(clusters)]
@@ -174,6 +176,7 @@ def approximate_knn(X: torch.Tensor, k: int, clusters: int | None = None, probes
             cand = torch.cat([members[o] for o in near_cells[c]])
             if len(cand) <= k:  # too few candidates in the probed cells: search every point
                 cand = torch.arange(n, device=dev)
+                near_cells[c] = [-1]
             Cx = X[cand].float()
             cx = (Cx * Cx).sum(dim=1)
             rows = chunk_rows or max(16, (1 << 28 if dev.type == "cuda" else 1 << 22) // len(cand))
@@ -181,7 +184,11 @@ def approximate_knn(X: torch.Tensor, k: int, clusters: int | None = None, probes
                 qq = q[s0:s0 + rows]
                 Q = X[qq].float()
                 D = cx[None, :] - 2 * Q @ Cx.T
-                D[cand[None, :] == qq[:, None]] = float("inf")  # itself
+                if near_cells[c][0] == c:  # own cell first: row i is candidate s0 + i
+                    r = torch.arange(len(qq), device=dev)
+                    D[r, s0 + r] = float("inf")
+                else:  # all points searched (too few candidates)
+                    D[cand[None, :] == qq[:, None]] = float("inf")
                 j = torch.topk(D, k, dim=1, largest=False, sorted=False).indices
                 nb = cand[j]
                 d = ((Q[:, None, :] - X[nb].float()) ** 2).sum(dim=2)  # float32, not TF32
