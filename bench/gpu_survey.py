@@ -174,7 +174,7 @@ def stage_matmul(res: Results, device, smoke):
             _, s = clock(device, lambda: [A @ B for _ in range(reps)])
         finally:
             torch.backends.cuda.matmul.allow_tf32 = old
-        res.add(stage="matmul", what=what, n=n, tflops=round(2 * n ** 3 * reps / s / 1e12, 2))
+        res.add(stage="matmul", what=what, n=n, tflops=round(2 * n ** 3 * reps / s / 1e12, 4))
 
 
 def stage_tsne(res: Results, device, smoke, sizes=None):
@@ -228,13 +228,25 @@ def stage_tsne(res: Results, device, smoke, sizes=None):
         _, s = clock(device, lambda: tsne_torch.device_knn(sub, 90, chunk_rows=rows))
         res.add(stage="tsne", what=f"knn chunk {rows} rows", n=len(sub), seconds=round(s, 3))
         best = (s, rows) if best is None or s < best[0] else best
+    options = dict(chunk_rows=best[1]) if best else {}
+    for blk in ((256, 1024) if smoke else (4096, 32768)):  # two-round candidate selection (device_knn's block)
+        if blk >= len(sub) or best is None:
+            continue
+        _, s = clock(device, lambda: tsne_torch.device_knn(sub, 90, chunk_rows=best[1], block=blk))
+        res.add(stage="tsne", what=f"knn chunk {best[1]} rows, blocks of {blk}", n=len(sub), seconds=round(s, 3))
+        if s < best[0]:
+            best, options = (s, best[1]), dict(chunk_rows=best[1], block=blk)
+    # the fastest measured setting, scaled to this size's row width (chunks hold rows x n distances)
+    if "chunk_rows" in options:
+        options["chunk_rows"] = max(16, options["chunk_rows"] * len(sub) // big)
+    tsne_torch.KNN_OPTIONS.update(options)
     timings = {}
     Y, s = clock(device, lambda: tsne_torch.tsne(Xb, timings=timings, **iters(smoke)))
     knn_s = timings.get("knn")
     flops = 2 * big * big * 768
     q = preservation_on_device(Xb, torch.as_tensor(Y, device=device))
     res.add(stage="tsne", what="whole", n=big, seconds=round(s, 2), stages=timings, knn_preservation=round(q, 4),
-            best_chunk_rows_at_200k=best[1] if best else None,
+            knn_options=options,
             knn_tflops=round(flops / knn_s / 1e12, 1) if knn_s else None,
             knn_share_of_tf32_rate=round(flops / knn_s / 1e12 / rate, 3) if knn_s and rate else None,
             goals=dict(knn_s=GOALS["tsne_1m_knn_s"], whole_s=GOALS["tsne_1m_s"],

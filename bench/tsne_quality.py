@@ -11,6 +11,7 @@ Rows per size, all on the CPU in one run:
 - openTSNE's own P: the same exact neighbours, openTSNE 1.0.4's ``PerplexityBasedNN``
   calibration (the code path before this fix);
 - scikit-learn: ``TSNE(perplexity=30, init="pca", random_state=42)`` (the paper's).
+Ours runs before and after scikit-learn (the machine is shared): its time is the mean.
 Each row gives kNN preservation (k = 10), seconds, the load average, and the share of
 rows whose affinities miss perplexity 30 by more than 0.01. Goal: ours >= sklearn's
 kNN preservation and ours <= 0.5 x sklearn's time. Writes bench/results/tsne-quality.json
@@ -123,6 +124,11 @@ def main(argv=None):
         record("openTSNE's own P", lambda: opentsne_own(X))
         if not a.skip_sklearn:
             record("sklearn", lambda: TSNE(perplexity=30, init="pca", random_state=42).fit_transform(X))
+            first = runs["ours"]
+            record("ours", lambda: proj.tsne(X, device="cpu"))  # again after sklearn: the load drifts
+            runs["ours"] = dict(first, seconds=round((first["seconds"] + runs["ours"]["seconds"]) / 2, 2),
+                                seconds_each=[first["seconds"], runs["ours"]["seconds"]],
+                                load_each=[first["load"], runs["ours"]["load"]])
             sk = runs["sklearn"]
             row["ratio"] = round(runs["ours"]["seconds"] / sk["seconds"], 3)
             row["goal_met"] = bool(row["ratio"] <= 0.5 and runs["ours"]["knn_preservation"] >= sk["knn_preservation"])

@@ -82,9 +82,10 @@ def test_device_knn_is_exact_and_stays_on_the_device(precision):
     X = torch.as_tensor(X + (40.0 if precision != "fp32" else 0.0))
     ref_idx, ref_d2 = brute_knn(X.numpy(), 12)
     # margin 0: no spare candidates, so rounded rows cannot be certified and are searched again
-    for margin in (32, 0):
+    for margin, block in ((32, None), (0, None), (32, 64)):  # block: two-round selection, 500 = 7 x 64 + pad
         stats = {}
-        idx, d2 = tsne_torch.device_knn(X, 12, precision=precision, chunk_rows=96, margin=margin, stats=stats)
+        idx, d2 = tsne_torch.device_knn(X, 12, precision=precision, chunk_rows=96, margin=margin, stats=stats,
+                                        block=block)
         assert torch.is_tensor(idx) and idx.device == X.device and idx.shape == (500, 12)
         assert (idx.numpy() == ref_idx).mean() > 0.999
         np.testing.assert_allclose(d2.numpy(), ref_d2, rtol=1e-4, atol=1e-3)

@@ -54,7 +54,7 @@ MIN_BOXES = 50
 
 
 def device_knn(X: torch.Tensor, k: int, precision: str | None = None, chunk_rows: int | None = None,
-               margin: int = 32, stats: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               margin: int = 32, stats: dict | None = None, block: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact ``k`` nearest rows of ``X`` (n, d) (a tensor, searched where it lies),
     each row excluding itself: ``(indices int64, squared distances float32)``
     tensors (n, k) on X's device, nearest first.
@@ -66,7 +66,11 @@ def device_knn(X: torch.Tensor, k: int, precision: str | None = None, chunk_rows
     distance. Nothing is copied to the host inside the loop; the rows that failed
     the certificate are searched again in float32 after it (one sync).
     ``chunk_rows`` (default: 2^28 distances per chunk on CUDA, 2^24 on the CPU).
-    ``stats`` receives ``rows_searched_again``."""
+    ``block``: select the candidates in two rounds, first within blocks of this
+    many columns, then among the blocks' winners, instead of one top-k over rows
+    as wide as X (which dominated the 1M search on an H200: 37 s for ~1.5 PFLOP
+    of products); bench/gpu_survey.py measures both. ``stats`` receives
+    ``rows_searched_again``."""
     dev = X.device
     if precision is None:
         precision = "tf32" if dev.type == "cuda" else "fp32"
@@ -83,6 +87,13 @@ def device_knn(X: torch.Tensor, k: int, precision: str | None = None, chunk_rows
     dist = torch.empty((n, k), dtype=torch.float32, device=dev)
     failed = torch.zeros(n, dtype=torch.bool, device=dev)
     bound_scale = 1.25 * 6 * u * float(norms.max().sqrt()) if u else 0.0  # one sync, before the loop
+    col_norms = norms
+    if block:  # pad the columns to whole blocks with points at infinite distance
+        block = min(int(block), n)
+        pad = -n % block
+        Xr = torch.cat([Xr, Xr.new_zeros(pad, Xr.shape[1])])
+        col_norms = torch.cat([norms, norms.new_full((pad,), float("inf"))])
+        offsets = (torch.arange((n + pad) // block, device=dev) * block)[None, :, None]
     old = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
     try:
@@ -90,11 +101,19 @@ def device_knn(X: torch.Tensor, k: int, precision: str | None = None, chunk_rows
             s1 = min(n, s0 + step)
             Q = Xc[s0:s1]
             prod = (Q.to(torch.bfloat16) @ Xr.T).float() if precision == "bf16" else Q @ Xr.T
-            D = prod.mul_(-2).add_(norms[None, :]).add_(norms[s0:s1, None]).clamp_(min=0)
+            D = prod.mul_(-2).add_(col_norms[None, :]).add_(norms[s0:s1, None]).clamp_(min=0)
             del prod
             D[torch.arange(s1 - s0, device=dev), torch.arange(s0, s1, device=dev)] = float("inf")
-            approx, cand = torch.topk(D, c, dim=1, largest=False, sorted=True)
-            del D
+            if block:
+                v, j = torch.topk(D.view(s1 - s0, -1, block), min(c, block), dim=2, largest=False, sorted=False)
+                del D
+                j = (j + offsets).reshape(s1 - s0, -1)
+                approx, o = torch.topk(v.reshape(s1 - s0, -1), c, dim=1, largest=False, sorted=True)
+                cand = torch.gather(j, 1, o)
+                del v, j
+            else:
+                approx, cand = torch.topk(D, c, dim=1, largest=False, sorted=True)
+                del D
             if not u:
                 idx[s0:s1], dist[s0:s1] = cand, approx
                 continue
@@ -329,6 +348,7 @@ def kl_divergence(Y: torch.Tensor, rows, cols, P) -> float:
 REFRESH = 10  # iterations between looks at the map's width (the only host syncs of the layout)
 MAX_STEP = 5.0  # openTSNE 1.0.4's max_step_norm: no point moves further in one step
 MOMENTUM = 0.8  # openTSNE 1.0.4's, in both phases
+KNN_OPTIONS: dict = {}  # device_knn's chunk_rows / block for tsne(): set from a measurement (bench/gpu_survey.py)
 DIRECTED_FROM = 2_000_000  # points from which P stays as directed edges (memory: see affinities.directed)
 
 
@@ -472,7 +492,7 @@ def tsne(X, perplexity: float = 30.0, seed: int = 42, init=None, n_iter: int = 5
     if neighbours is not None:  # (idx, d2) searched by the caller, e.g. approximate_knn
         idx, d2 = neighbours
     elif Xd is not None:  # neighbours and P stay on the device
-        idx, d2 = device_knn(Xd, k, stats=searched)
+        idx, d2 = device_knn(Xd, k, stats=searched, **KNN_OPTIONS)
     else:
         idx, d2 = knn(X, k, device="cpu", stats=searched)
     lap("knn")
