@@ -93,7 +93,6 @@ def main(argv=None):
     out = ROOT / "bench" / "results" / "tsne-quality.json"
     out.parent.mkdir(exist_ok=True)
     sizes = [int(s) for s in a.sizes.split(",")]
-    kept = [r for r in (json.loads(out.read_text())["sizes"] if out.exists() else []) if r["n"] not in sizes]
     print(f"t-SNE neighbourhoods on {os.cpu_count()} cores, {a.dim}-d far-apart clustered features", flush=True)
     from sklearn.manifold import TSNE
 
@@ -133,6 +132,9 @@ def main(argv=None):
             row["ratio"] = round(runs["ours"]["seconds"] / sk["seconds"], 3)
             row["goal_met"] = bool(row["ratio"] <= 0.5 and runs["ours"]["knn_preservation"] >= sk["knn_preservation"])
         table.append(row)
+        # re-read: another run (another size) may have written since this one started
+        kept = [r for r in (json.loads(out.read_text())["sizes"] if out.exists() else [])
+                if r["n"] not in {t["n"] for t in table}]
         tmp = out.with_suffix(".tmp")
         tmp.write_text(json.dumps(dict(sizes=sorted(kept + table, key=lambda r: r["n"])), indent=1))
         tmp.replace(out)
