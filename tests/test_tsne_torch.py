@@ -135,6 +135,7 @@ def test_layout_steps_are_capped_and_keep_openTSNE_momentum():
     assert tsne_torch.MOMENTUM == 0.8 and tsne_torch.MAX_STEP == 5.0
 
 
+@pytest.mark.slow
 def test_layout_refresh_does_not_change_the_map():
     """Looking at the map's width every iteration or every 10 gives the same layout
     up to the grid's interpolation error (the box count only lags the growth)."""
