@@ -53,7 +53,8 @@ for s in $STEPS; do case $s in
 # 1. the tests that only run where there is a GPU (or timm with a matching torchvision)
 tests) step tests 120 python3 -m pytest -q -p no:cacheprovider --timeout 110 \
     "tests/test_finetune.py::test_finetune_on_gpu_bf16" tests/test_pretrain.py tests/test_timm.py \
-    "tests/test_tsne_torch.py::test_projection_picks_the_implementation" ;;
+    "tests/test_tsne_torch.py::test_projection_picks_the_implementation" \
+    "tests/test_tsne_torch.py::test_cuda_graph_layout_matches_plain_launches" ;;
 timm) step timm 60 python3 -m pytest -q -p no:cacheprovider --timeout 50 tests/test_timm.py ;;
 # 2. issue 13: the torch FFT t-SNE on the GPU at 17,736 / 200,000 / 1,000,000 points
 gpu_tsne) step gpu_tsne 220 python3 bench/gpu_tsne.py --budget 150 --profile-layout 17736 ;;

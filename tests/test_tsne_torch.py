@@ -145,8 +145,10 @@ def test_layout_refresh_does_not_change_the_map():
     maps = []
     for refresh in (1, 10):
         Y = start.clone()
-        tsne_torch.optimise(Y, rows, cols, P, [(100, 12.0, 0.8), (150, 1.0, 0.8)], refresh=refresh)
+        stats = {}
+        tsne_torch.optimise(Y, rows, cols, P, [(100, 12.0, 0.8), (150, 1.0, 0.8)], refresh=refresh, stats=stats)
         maps.append(Y.numpy())
+        assert stats["looks"] == 250 // refresh and stats["graph_replays"] == 0  # one host sync per look only
     q = [proj.map_quality(X, Y)["knn_preservation"] for Y in maps]
     assert abs(q[0] - q[1]) < 0.02
     for a in range(2):
@@ -371,3 +373,19 @@ def test_neighbours_view_at_scale_uses_the_device_search(monkeypatch):
         assert np.array_equal(got_idx, idx)
         np.testing.assert_allclose(got_dist, dist, rtol=1e-4, atol=1e-5)
     assert len(E.knn_neighbours(X, 3, 600, "cosine")[0]) == 499
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (bench/gpu_session.sh tests)")
+def test_cuda_graph_layout_matches_plain_launches():
+    X, _ = clustered_features(3000, 768, seed=2)
+    rows, cols, P = affinities.joint(*knn_mod.knn(X, 90), 30.0, "cuda")
+    start = tsne_torch.pca_start(torch.as_tensor(X, device="cuda"), 42)
+    maps, runs = [], []
+    for graphs in (True, False):
+        Y, stats = start.clone(), {}
+        tsne_torch.optimise(Y, rows, cols, P, [(40, 12.0, 0.8), (40, 1.0, 0.8)], graphs=graphs, stats=stats)
+        maps.append(Y.cpu().numpy())
+        runs.append(stats)
+    assert runs[0]["graph_replays"] == 80 and runs[0]["graph_captures"] >= 2 and runs[1]["graph_replays"] == 0
+    for a in range(2):  # index_add's atomics sum in any order: equal up to that
+        assert np.corrcoef(maps[0][:, a], maps[1][:, a])[0, 1] > 0.99

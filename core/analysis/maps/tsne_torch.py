@@ -380,7 +380,7 @@ def next_boxes(width: float, previous_width: float | None = None, current: int |
 
 
 def optimise(Y, rows, cols, P, phases, progress: bool = False, graphs: bool | None = None,
-             refresh: int = REFRESH, directed: bool = False) -> torch.Tensor:
+             refresh: int = REFRESH, directed: bool = False, stats: dict | None = None) -> torch.Tensor:
     """openTSNE's gradient descent on ``Y`` (n, 2) float32, in place. ``phases``:
     ``[(iterations, exaggeration, momentum), ...]``; gains and the update carry
     over between phases; learning rate N / exaggeration; steps capped at
@@ -388,8 +388,10 @@ def optimise(Y, rows, cols, P, phases, progress: bool = False, graphs: bool | No
     host sync) to size the grid (:func:`next_boxes`). ``graphs``: replay each
     block of iterations as a captured CUDA graph (None: on CUDA, falling back to
     plain launches if capture fails; ignored elsewhere). ``directed``: P's edges
-    are :func:`core.analysis.maps.affinities.directed` ones."""
+    are :func:`core.analysis.maps.affinities.directed` ones. ``stats``, a dict,
+    receives ``looks`` (host syncs), ``graph_replays`` and ``graph_captures``."""
     n = len(Y)
+    counts = {"looks": 0, "graph_replays": 0, "graph_captures": 0}
     update = torch.zeros_like(Y)
     gains = torch.ones_like(Y)
     use_graphs = Y.device.type == "cuda" and graphs is not False
@@ -407,6 +409,7 @@ def optimise(Y, rows, cols, P, phases, progress: bool = False, graphs: bool | No
         done = 0
         while done < iterations:
             width = float(Y.max() - Y.min())  # the look: one host sync per block
+            counts["looks"] += 1
             boxes = next_boxes(width, previous, boxes)
             previous = width
             block = min(refresh, iterations - done)
@@ -417,8 +420,10 @@ def optimise(Y, rows, cols, P, phases, progress: bool = False, graphs: bool | No
                     if graph is None:
                         captured.clear()
                         graph = captured[(boxes, phase)] = _capture(args, pool)
+                        counts["graph_captures"] += 1
                     for _ in range(block):
                         graph.replay()
+                    counts["graph_replays"] += block
                 except RuntimeError as e:  # capture unsupported here: plain launches from now on
                     warnings.warn(f"CUDA graph capture failed ({e}); running the layout without graphs")
                     use_graphs = False
@@ -432,6 +437,8 @@ def optimise(Y, rows, cols, P, phases, progress: bool = False, graphs: bool | No
                 bar.update(block)
     if bar is not None:
         bar.close()
+    if stats is not None:
+        stats.update(counts)
     return Y
 
 
