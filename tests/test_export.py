@@ -114,3 +114,33 @@ def test_opens_offline_from_disk_with_hover_highlight_and_cells(exported):
         assert page.evaluate("galaxyMap.rings().length") == int(page.locator("td.cell[data-t='0'][data-p='0']").inner_text())
         assert not errors, errors
         context.close()
+
+
+def unpacked_header(page: str) -> dict:
+    import json
+    import struct
+
+    raw = gzip.decompress(base64.b64decode(re.search(r'id="payload">([^<]*)<', page).group(1)))
+    (n,) = struct.unpack("<I", raw[:4])
+    return json.loads(raw[4:4 + n])
+
+
+def test_the_dashboard_button_exports_what_the_user_chose(dashboard_cache):
+    from dashboard.views.share import export_html
+
+    run = full_run(dashboard_cache)
+    page = export_html(str(dashboard_cache), run["key"], None, "tsne", "My title", "my note", (LOOSE,),
+                       (TIGHT, LOOSE), ()).decode()
+    header = unpacked_header(page)
+    assert header["title"] == "My title" and header["note"] == "my note"
+    assert header["ring_label"] == f"{TIGHT} predicted as {LOOSE}" and header["rings"]
+    assert header["highlight"] == [header["classes"].index(LOOSE)]
+
+
+@pytest.mark.slow
+def test_the_map_view_offers_the_export(dashboard_cache, monkeypatch):
+    from tests.test_dashboard import run_app
+
+    monkeypatch.setenv("EXPLORER_CACHE", str(dashboard_cache))
+    at = run_app()
+    assert any(e.label == "Export this view as one HTML file" for e in at.expander)
