@@ -40,7 +40,7 @@ def test_one_file_with_everything_and_nothing_of_the_machine(exported):
     # what a reader of the file sees: the page's text, and its embedded data unpacked
     payload = re.search(r'id="payload">([^<]*)<', page).group(1)
     unpacked = gzip.decompress(base64.b64decode(payload)).decode("utf-8", "replace")
-    text = re.sub(r'id="payload">[^<]*<', "", re.sub(r"data:image/webp;base64,[A-Za-z0-9+/=]+", "", page))
+    text = re.sub(r'id="payload">[^<]*<', "", re.sub(r"data:image/\w+;base64,[A-Za-z0-9+/=]+", "", page))
     secrets = [str(cache), str(Path(cache).parent), str(Path(run["path"]).parent), str(Path(run["dataset"].split(":", 1)[1]).parent)]
     secrets += [w for w in (socket.gethostname(), getpass.getuser()) if len(w) >= 3]
     assert not [s for s in secrets for where in (text, unpacked) if re.search(rf"(?<![A-Za-z0-9]){re.escape(s)}(?![A-Za-z0-9])", where)]
