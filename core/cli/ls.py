@@ -72,6 +72,9 @@ def run(args) -> int:
             what = (f"outlier scores ({'+'.join(r.get('methods') or [])}, k={params.get('k')}) "
                     f"of {r.get('features_run')}")
             shape = f"{r.get('rows')} x 2"
+        elif r["kind"] == "label_issues":
+            what = f"suspicious labels ({r.get('flagged')} flagged) of {r.get('features_run')}"
+            shape = f"{r.get('rows')} x 1"
         else:
             what = f"evaluation of {r.get('features_run')}  macro F1 {r.get('macro_f1')}"
             shape = ""

@@ -11,6 +11,8 @@ Layout under the cache folder (``--cache DIR``, else ``$EXPLORER_CACHE``, else
     checkpoints/                checkpoints the demo and `finetune` build
     layers/<key>.parquet        per-layer features of features/<key> (extract --layers), + analyses
     attention/<key>.npz         attention maps of one galaxy x checkpoint
+    anomalies/<key>.parquet     outlier scores of a features run
+    label_issues/<key>.parquet  suspicious labels of a features run (core.analysis.label_issues)
 
 Every parquet carries its provenance as JSON under the key-value metadata key
 ``explorer``. Files are written to ``.<name>.tmp-<pid>`` and renamed, so a
@@ -67,13 +69,13 @@ def verify(path) -> str | None:
 def list_runs(cache=None) -> list[dict]:
     """Every complete cached artefact with its provenance, path, size and kind.
 
-    Features, projections, per-layer features and outlier scores come from their parquet
+    Features, projections, per-layer features, outlier scores and suspicious labels come from their parquet
     footers, evaluations from their JSON; incomplete or corrupt files are left out.
     """
     cache = cache_dir(cache)
     runs = []
     for kind, label in (("features", "features"), ("projections", "projection"), ("layers", "layers"),
-                        ("anomalies", "anomalies")):
+                        ("anomalies", "anomalies"), ("label_issues", "label_issues")):
         for p in sorted((cache / kind).glob("*.parquet")):
             if p.name.startswith("."):
                 continue
