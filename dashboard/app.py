@@ -23,6 +23,7 @@ from dashboard import data as D  # noqa: E402
 from dashboard.views.common import guarded, load_catalog  # noqa: E402
 from dashboard.views.compare import compare_view  # noqa: E402
 from dashboard.views.confusion import confusion_view  # noqa: E402
+from dashboard.views.failures import failures_view  # noqa: E402
 from dashboard.views.find import find_view  # noqa: E402
 from dashboard.views.layers import layers_view  # noqa: E402
 from dashboard.views.map import map_view  # noqa: E402
@@ -30,8 +31,8 @@ from dashboard.views.neighbours import neighbours_view  # noqa: E402
 from dashboard.views.sidebar import sidebar  # noqa: E402
 from dashboard.views.unusual import unusual_view  # noqa: E402
 
-VIEWS = {"Map": map_view, "Confusion": confusion_view, "Compare": compare_view, "Neighbours": neighbours_view,
-         "Find": find_view, "Unusual": unusual_view, "Layers": layers_view}
+VIEWS = {"Map": map_view, "Confusion": confusion_view, "Failures": failures_view, "Compare": compare_view,
+         "Neighbours": neighbours_view, "Find": find_view, "Unusual": unusual_view, "Layers": layers_view}
 
 
 def cache_from_args() -> Path:

@@ -102,7 +102,8 @@ def view(at: AppTest, name: str) -> AppTest:
 
 def test_first_load_shows_the_full_finetune_tsne_map(cache):
     at = run_app()
-    assert [t.label for t in at.tabs] == ["Map", "Confusion", "Compare", "Neighbours", "Find", "Unusual", "Layers"]
+    assert [t.label for t in at.tabs] == ["Map", "Confusion", "Failures", "Compare", "Neighbours", "Find", "Unusual",
+                                         "Layers"]
     assert at.selectbox(key="dataset").value == "galaxies"
     assert at.selectbox(key="model").value == "DINOv2 · small"
     assert at.radio(key="mode").value == "full" and at.radio(key="mode").options == ["generic", "head", "full"]

@@ -23,6 +23,7 @@ VERBS = {
     "pretrain": "core.cli.pretrain",
     "anomalies": "core.cli.anomalies",
     "failures": "core.cli.failures",
+    "export": "core.cli.export",
 }
 
 

@@ -14,6 +14,7 @@ from .. import data as D
 from ..figures import map_figure
 from .bigmap import big_map, wants_big_map
 from .placement import placed_other_dataset
+from .share import export_panel
 from .common import Context, chosen_cell, clear_picked, gallery, log, on_map_select, picked_rows
 
 QUALITY_HELP = {
@@ -201,3 +202,4 @@ def map_view(ctx: Context) -> None:
         st.metric("galaxies", f"{ctx.data.n:,}")
     per_class_structure(ctx)
     selection_panel(ctx)
+    export_panel(ctx)
