@@ -265,3 +265,29 @@ def test_real_photos_become_stars_on_the_large_map(demo_cache, monkeypatch):
     assert len(stars["x"]) == len(stars["y"]) == len(stars["text"]) > 0
     assert all(np.isfinite(stars["x"])) and all("true:" in t for t in stars["text"])
     assert any("Stars:" in c.value and "placed in this map" in c.value for c in at.caption)
+
+
+def test_failures_view_rings_a_slice_on_the_large_map(tmp_path, monkeypatch):
+    """Failures above the threshold: the chosen failure slice is ringed on the WebGL map, exactly its galaxies."""
+    from streamlit.testing.v1 import AppTest
+
+    import dashboard.views.bigmap as bigmap
+    from core.analysis.slices import failure_slices
+    from core.store import cache as store
+    from tests.dashboard_fixtures import build_cache
+
+    monkeypatch.setattr(bigmap, "BIG_MAP_POINTS", 100)
+    cache = build_cache(tmp_path, n=300, images=False, second_dataset=False, layout_maps=True)
+    monkeypatch.setenv("EXPLORER_CACHE", str(cache))
+    at = AppTest.from_file(APP, default_timeout=300)
+    at.session_state["view"] = "Failures"
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.get("plotly_chart") or all("slice" not in el.proto.spec for el in at.get("plotly_chart"))
+    full = next(r for r in store.list_runs(cache) if r["kind"] == "features" and r.get("mode") == "full")
+    proj = next(r for r in store.list_runs(cache) if r["kind"] == "projection" and r["features_run"] == full["key"]
+                and r["method"] == "tsne")
+    found = failure_slices(full["key"], cache, map_key=proj["key"])
+    assert found, "the fixture's full run has failure slices"
+    rings = _map_args(at)["rings"]
+    assert [r["name"] for r in rings] == [f"slice ({found[0]['n']:,})"]

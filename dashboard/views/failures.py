@@ -24,6 +24,7 @@ from core.data import sky
 from .. import data as D
 from ..astro import sky_columns
 from ..figures import map_figure
+from .bigmap import big_map, wants_big_map
 from .common import Context, gallery, guarded, mtime, on_map_select
 
 SUSPECTS_SHOWN = 16
@@ -123,7 +124,10 @@ def failure_slices(ctx: Context) -> None:
         order = np.concatenate([wrong, np.setdiff1d(pos, wrong)])
         gallery(ctx, order, key="slice-gallery", limit=16, columns=4)
     with right:
-        if ctx.xy is not None:
+        if ctx.xy is not None and wants_big_map(ctx):  # large runs: the WebGL map, as in the Map view
+            big_map(ctx, {"slice": pos}, height=440, key="slice_bigmap", stars=False)
+            st.caption("The slice's galaxies are ringed on the map.")
+        elif ctx.xy is not None:
             fig = map_figure(ctx.data, ctx.xy, ctx.colour_by, ctx.highlight, {"slice": pos}, height=440,
                              show_legend=False)
             st.plotly_chart(fig, key="slice_map", on_select=partial(on_map_select, "slice_map", ctx.dataset),
