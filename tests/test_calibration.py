@@ -27,6 +27,22 @@ def test_bins_are_sklearns_calibration_curve_bins():
     assert bins["count"].sum() == len(conf)
 
 
+@pytest.mark.parametrize("n_bins", [5, 10, 15])
+def test_values_on_bin_edges_fall_where_sklearn_puts_them(n_bins):
+    """Confidences exactly on an edge (0.5, 0.9... common with rounded or float32 outputs) land in the
+    same bin as calibration_curve's: the lower one."""
+    probs, labels, _ = overconfident(seed=n_bins)
+    conf, right = probs.max(1), probs.argmax(1) == labels
+    edges = np.linspace(0, 1, n_bins + 1)
+    conf[: 4 * n_bins] = np.repeat(edges[1:], 4)[: 4 * n_bins]  # every edge, 1.0 included
+    bins, ece = C.reliability(conf, right, n_bins)
+    prob_true, prob_pred = calibration_curve(right, conf, n_bins=n_bins, strategy="uniform")
+    np.testing.assert_allclose(bins["accuracy"], prob_true, atol=1e-12)
+    np.testing.assert_allclose(bins["confidence"], prob_pred, atol=1e-12)
+    counts = np.bincount(np.searchsorted(edges[1:-1], conf), minlength=n_bins)
+    assert ece == pytest.approx((counts[counts > 0] * np.abs(prob_true - prob_pred)).sum() / len(conf), abs=1e-12)
+
+
 def test_a_calibrated_model_scores_near_zero_and_an_overconfident_one_does_not():
     probs, labels, true_p = overconfident()
     ece_true = C.expected_calibration_error(true_p.max(1), true_p.argmax(1) == labels)

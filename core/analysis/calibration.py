@@ -23,9 +23,10 @@ N_BINS = 10
 
 
 def _bin_ids(prob: np.ndarray, n_bins: int) -> np.ndarray:
-    """sklearn's uniform binning: edges linspace(0, 1, n_bins + 1), the right edge inclusive of 1."""
+    """sklearn's uniform binning: edges linspace(0, 1, n_bins + 1); a value on an inner edge falls in the
+    lower bin (``searchsorted`` side left, as ``calibration_curve``), 1 in the last."""
     edges = np.linspace(0.0, 1.0, n_bins + 1)
-    return np.searchsorted(edges[1:-1], prob, side="right")
+    return np.searchsorted(edges[1:-1], prob)
 
 
 def reliability(confidence, correct, n_bins: int = N_BINS) -> tuple[pd.DataFrame, float]:
