@@ -70,3 +70,23 @@ def test_classwise_and_bad_input():
 def test_a_run_without_a_head_is_a_plain_error():
     with pytest.raises(UserError, match="no predictions"):
         C.run_calibration({"key": "k", "has_head": False, "mode": "generic"})
+
+
+def test_a_head_that_orders_the_classes_otherwise_is_read_by_name(tmp_path):
+    """A checkpoint whose head lists the classes in another order (id2label) is scored on the dataset's
+    classes: the same numbers as the probabilities in dataset order; a generic run is refused."""
+    from tests.cached_heads_fixtures import write_reversed_head_run
+
+    probs, labels, _ = overconfident(n=400, k=3, seed=4)
+    run = write_reversed_head_run(tmp_path, "rev", probs, labels)
+    out = C.run_calibration(run)
+    test = np.arange(400) % 2 == 0
+    conf, right = probs[test].max(1), probs[test].argmax(1) == labels[test]
+    assert out["split"] == "test" and out["accuracy"] == pytest.approx(right.mean())
+    assert out["ece"] == pytest.approx(C.expected_calibration_error(conf, right), abs=1e-6)
+    per = {r["class"]: r for r in out["per_class"]}
+    assert per["a"]["galaxies"] == (labels[test] == 0).sum()
+    assert per["a"]["mean probability"] == pytest.approx(probs[test, 0].mean(), abs=1e-6)
+    generic = write_reversed_head_run(tmp_path, "gen", probs, labels, mode="generic")
+    with pytest.raises(UserError, match="no predictions"):
+        C.run_calibration(generic)

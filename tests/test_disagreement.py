@@ -38,3 +38,22 @@ def test_runs_of_different_galaxies_are_refused():
         G.join(a, b)
     with pytest.raises(UserError, match="no predictions"):
         G.compare_runs({"key": "x", "has_head": False}, {"key": "y", "has_head": True})
+
+
+def test_cached_runs_are_compared_on_the_dataset_classes(tmp_path):
+    """Two cached runs, one whose head lists the classes in reverse (id2label): their predictions are
+    compared as dataset classes, so identical answers agree everywhere; a generic run is refused."""
+    from tests.cached_heads_fixtures import write_reversed_head_run
+
+    rng = np.random.default_rng(0)
+    probs = rng.dirichlet(np.ones(3), 60)
+    labels = rng.integers(0, 3, 60)
+    rev = write_reversed_head_run(tmp_path, "rev", probs, labels)
+    # "plain": its head columns are the dataset's order (probs reversed twice) and it records no id2label
+    same = {**write_reversed_head_run(tmp_path, "plain", probs[:, ::-1].copy(), labels), "id2label": None}
+    j = G.compare_runs(rev, same)
+    assert len(j) == 60 and (j["pred_a"] == j["pred_b"]).all()
+    assert (j["pred_a"].to_numpy() == probs.argmax(1)).all()
+    generic = write_reversed_head_run(tmp_path, "gen", probs, labels, mode="generic")
+    with pytest.raises(UserError, match="no predictions"):
+        G.compare_runs(rev, generic)

@@ -132,11 +132,15 @@ def verdict(ece: float, temperature: float | None = None) -> str:
 def run_calibration(run: dict, n_bins: int = N_BINS, seed: int = 0) -> dict:
     """Calibration of a features run with predictions (a ``list_runs`` entry), on its test split (every
     labelled galaxy when it has none): ECE and bins, per class, temperature scaling before/after."""
+    from core.models.modes import prediction_mapping
     from core.store import cache as store
 
-    if not run.get("has_head"):
+    if not run.get("has_head") or run.get("mode") == "generic":
         raise UserError(f"run {run.get('key')} has no predictions (mode {run.get('mode')}): calibration needs a "
-                        "checkpoint with a classification head")
+                        "checkpoint with a classification head trained on these classes")
+    mapping = prediction_mapping(list(run.get("class_names") or []), run.get("id2label"))
+    if mapping is None:
+        raise UserError(f"run {run.get('key')}: its head predicts classes that are not this dataset's")
     names = store.read_schema(run["path"]).names
     cols = [c for c in ("split", "label", "pred", "confidence", "probs") if c in names]
     table = store.read_table(run["path"], columns=cols)
@@ -149,12 +153,15 @@ def run_calibration(run: dict, n_bins: int = N_BINS, seed: int = 0) -> dict:
     rows = test if test.any() else labelled
     labels = df["label"].to_numpy()[rows]
     conf = df["confidence"].to_numpy(np.float64)[rows]
-    right = df["pred"].to_numpy()[rows] == labels
+    pred = df["pred"].to_numpy(np.int64)[rows]  # head outputs -> dataset classes (a head may order them otherwise)
+    right = np.where((pred >= 0) & (pred < len(mapping)), mapping[np.clip(pred, 0, len(mapping) - 1)], -1) == labels
     bins, ece = reliability(conf, right, n_bins)
     out = {"run": run.get("key"), "split": split, "galaxies": int(rows.sum()), "accuracy": float(right.mean()),
            "mean_confidence": float(conf.mean()), "ece": ece, "bins": bins.to_dict("records")}
     if "probs" in cols:
-        probs = np.stack(table.column("probs").to_numpy(zero_copy_only=False))[rows]
+        raw = np.stack(table.column("probs").to_numpy(zero_copy_only=False))[rows]
+        probs = np.zeros_like(raw)
+        probs[:, mapping] = raw  # column j of the head is dataset class mapping[j]
         class_names = run.get("class_names") or [str(i) for i in range(probs.shape[1])]
         out["per_class"] = classwise(probs, labels, class_names, n_bins).to_dict("records")
         if len(labels) >= 20:

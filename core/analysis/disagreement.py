@@ -22,15 +22,22 @@ OUTCOMES = ("both right", "only A wrong", "only B wrong", "both wrong, different
 
 
 def _predictions(run: dict) -> pd.DataFrame:
+    """The run's predictions as dataset class indices (a head may list the classes in another order)."""
     from core.analysis.evaluation import read_predictions
+    from core.models.modes import prediction_mapping
 
-    if not run.get("has_head"):
-        raise UserError(f"run {run.get('key')} ({run.get('model')}, mode {run.get('mode')}) has no predictions: "
-                        "compare two runs whose checkpoints have a classification head")
+    if not run.get("has_head") or run.get("mode") == "generic":
+        raise UserError(f"run {run.get('key')} ({run.get('model')}, mode {run.get('mode')}) has no predictions on "
+                        "these classes: compare two runs whose checkpoints have a head trained on them")
     df = read_predictions(run["path"])
     if df is None or "pred" not in df:
         raise UserError(f"features file {run['path']} is unreadable or has no predictions; extract it again")
-    return df
+    mapping = prediction_mapping(list(run.get("class_names") or []), run.get("id2label"))
+    if mapping is None:
+        raise UserError(f"run {run.get('key')}: its head predicts classes that are not this dataset's")
+    raw = df["pred"].to_numpy(np.int64)
+    ok = (raw >= 0) & (raw < len(mapping))
+    return df.assign(pred=np.where(ok, mapping[np.clip(raw, 0, len(mapping) - 1)], -1))
 
 
 def join(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:

@@ -189,7 +189,8 @@ def disagreement(ctx: Context) -> None:
     if not ctx.data.has_predictions:
         st.info(f"No comparison here: {ctx.data.no_predictions_reason}.")
         return
-    others = [r for r in ctx.catalog.runs(ctx.dataset) if r["key"] != ctx.run["key"] and r.get("has_head")]
+    others = [r for r in ctx.catalog.runs(ctx.dataset) if r["key"] != ctx.run["key"] and r.get("has_head")
+              and D.run_mode(r) != "generic"]  # a generic head (ImageNet...) predicts other classes
     if not others:
         st.info("No other run of this dataset has predictions to compare with.")
         return
