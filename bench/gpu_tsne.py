@@ -95,17 +95,18 @@ def profile_layout(n: int, iterations: int = 30) -> None:
     from torch.profiler import ProfilerActivity, profile
 
     from core.analysis.maps import tsne_torch
+    from core.analysis.maps.affinities import joint
     from core.analysis.knn import knn
 
     X, _ = clustered_features(n, 768)
     idx, d2 = knn(X, 90)
-    rows, cols, P = tsne_torch.joint_affinities(idx, d2, 30.0, torch.device("cuda"))
+    rows, cols, P = joint(idx, d2, 30.0, torch.device("cuda"))
     Y = tsne_torch.pca_start(torch.as_tensor(X, device="cuda"), 42).contiguous()
-    tsne_torch.optimise(Y, rows, cols, P, [(20, 12.0, 0.5)])  # warm-up: kernels, cuFFT plans
+    tsne_torch.optimise(Y, rows, cols, P, [(20, 12.0, 0.8)])  # warm-up: kernels, cuFFT plans
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        tsne_torch.optimise(Y, rows, cols, P, [(iterations, 12.0, 0.5)])
+        tsne_torch.optimise(Y, rows, cols, P, [(iterations, 12.0, 0.8)])
         torch.cuda.synchronize()
     print(f"layout at {n:,} points: {(time.perf_counter() - t0) / iterations * 1e3:.2f} ms per iteration (profiled)")
     print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18))

@@ -120,7 +120,8 @@ def fit_tsne(
     implementation: str | None = None,
 ) -> Map:
     """t-SNE with openTSNE's algorithm on exact neighbours: openTSNE itself or our
-    torch port of it (:mod:`core.analysis.maps.tsne_torch`).
+    torch port of it (:mod:`core.analysis.maps.tsne_torch`), both on our affinities
+    P (:mod:`core.analysis.maps.affinities`: every row at the asked perplexity).
 
     ``device``: "cuda" | "cpu" | None (= CUDA when available). ``implementation``
     "openTSNE" | "torch" | None (= the faster one on that device: see
@@ -135,24 +136,23 @@ def fit_tsne(
     """
     X = check_features(X)
     n = len(X)
-    if not 0 < perplexity <= (n - 1) / 3:
-        raise ProjectionError(
-            f"perplexity {perplexity:g} needs more than {int(3 * perplexity)} points (t-SNE looks at "
-            f"3 x perplexity neighbours); got {n}: use a perplexity of at most {max(1, (n - 1) // 3)}"
-        )
+    from core.analysis.maps.affinities import check_perplexity
+
+    check_perplexity(perplexity, n)
     init = _check_init(init, n)
     jobs = _n_jobs(n_jobs, n)
     impl = implementation_for(n, device, implementation)
     if impl != "openTSNE":
         return _fit_tsne_torch(X, perplexity, seed, init, n_iter, early_exaggeration_iter, jobs, progress, impl)
     from openTSNE import TSNE, initialization
-    from openTSNE.affinity import PerplexityBasedNN
 
-    from core.analysis.maps.tsne_neighbours import ExactNeighbours
+    from core.analysis.maps.affinities import joint_csr
+    from core.analysis.maps.tsne_neighbours import MapNeighbours
 
     bar = _Progress(early_exaggeration_iter + n_iter, "t-SNE: neighbours") if progress else None
-    index = ExactNeighbours(X, min(n - 1, int(3 * perplexity)), n_jobs=jobs)
-    aff = PerplexityBasedNN(perplexity=perplexity, knn_index=index, n_jobs=jobs, random_state=seed)
+    # our P (openTSNE's own calibration underflows on far-apart features: core.analysis.maps.affinities)
+    idx, d2 = exact_knn(X, min(n - 1, int(3 * perplexity)))
+    aff = MapNeighbours(X, perplexity, jobs, P=joint_csr(idx, d2, perplexity))
     if init is None:
         start = initialization.pca(X, n_components=2, random_state=seed)
         phases = dict(early_exaggeration_iter=early_exaggeration_iter, n_iter=n_iter)

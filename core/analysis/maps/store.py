@@ -24,7 +24,7 @@ from core.store.embeddings import embedding_matrix
 from core.errors import UserError
 
 # Bump when a change to the map code changes the maps: old cache entries then miss.
-MAP_VERSION = 1
+MAP_VERSION = 2  # 2: t-SNE affinities calibrated without underflow (core.analysis.maps.affinities)
 NAMES = {"tsne": "t-SNE", "umap": "UMAP", "pca": "PCA"}
 SCHEMA = pa.schema([("row", pa.int64()), ("id", pa.string()), ("x", pa.float32()), ("y", pa.float32())])
 

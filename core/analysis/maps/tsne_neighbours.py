@@ -34,12 +34,30 @@ class ExactNeighbours(KNNIndex):
 
 
 class MapNeighbours(PerplexityBasedNN):
-    """Affinities of new points to an existing map's points: their neighbours are
-    searched on demand (``to_new``), without the all-pairs search a new map needs."""
+    """openTSNE's affinity object with our affinities (:mod:`core.analysis.maps.affinities`):
+    ``P`` is the map's joint P computed by us (None when the object only places new
+    points into an existing map), and the affinities of new points to the map's
+    points (``to_new``, openTSNE's placement) are calibrated by us too, their
+    neighbours searched on demand, without the all-pairs search a new map needs.
+    openTSNE's own calibration underflows on far-apart features (see affinities)."""
 
-    def __init__(self, X, perplexity, n_jobs):
+    def __init__(self, X, perplexity, n_jobs, P=None, index=None):
         from scipy.sparse import csr_matrix
 
-        self.knn_index = ExactNeighbours(X, min(len(X) - 1, int(3 * perplexity)), n_jobs=n_jobs)
-        self.P = csr_matrix((len(X), len(X)))  # placing never reads P; openTSNE checks its shape
-        self.perplexity, self.n_jobs, self.verbose = perplexity, n_jobs, False
+        self.knn_index = index or ExactNeighbours(X, min(len(X) - 1, int(3 * perplexity)), n_jobs=n_jobs)
+        # placing never reads P; openTSNE checks its shape
+        self.P = P if P is not None else csr_matrix((len(X), len(X)))
+        self.perplexity, self.effective_perplexity_, self.n_jobs, self.verbose = perplexity, perplexity, n_jobs, False
+        self.symmetrize, self.knn_kwargs = True, None
+
+    def to_new(self, data, perplexity=None, return_distances=False, k_neighbors="auto"):
+        """(m, n) affinities of new points to the map's points, rows summing to 1
+        (openTSNE's interface; a perplexity above what k neighbours allow is
+        clipped to k / 3, as openTSNE does)."""
+        from core.analysis.maps.affinities import new_points_csr
+
+        perplexity = perplexity if perplexity is not None else self.perplexity
+        k = min(self.n_samples, int(3 * perplexity)) if k_neighbors == "auto" else int(k_neighbors)
+        neighbors, distances = self.knn_index.query(data, k)
+        P = new_points_csr(neighbors, np.square(distances), perplexity, self.n_samples)
+        return (P, neighbors, distances) if return_distances else P
