@@ -40,7 +40,7 @@ def test_the_failures_view_answers_its_four_questions(cache):
     # a failure slice opens: its sentence is a radio option, its galaxies are ringed on the slice map
     slices = at.radio(key="slice")
     assert slices.options and "wrong" in slices.options[0]
-    ringed = [t for c in charts(at) for t in c["data"] if t.get("name", "").startswith("slice (")]
+    ringed = [t for c in charts(at) for t in c["data"] if str(t.get("name", "")).startswith("slice (")]
     assert ringed, "the chosen slice is ringed on the map"
     n = int(slices.options[0].split(", ")[-1].split(" galaxies")[0].replace(",", ""))
     assert ringed[0]["name"] == f"slice ({n:,})"  # exactly the slice's galaxies
