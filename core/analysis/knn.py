@@ -17,6 +17,12 @@ Neighbours view. Distances are squared euclidean.
 
 >>> idx, d2 = knn(X, 90)                        # every row, itself excluded
 >>> idx, d2 = knn(X, 8, queries=X[:1])          # the 8 nearest rows to one point
+>>> idx, d, how = neighbours(X, 10, metric="cosine", index=run_index)  # the entry point
+
+:func:`neighbours` is the one entry point for every consumer (outlier scores,
+the Neighbours view, Find, kNN accuracy, map quality): exact search below
+:data:`EXACT_BELOW` rows, the run's ANN index (:mod:`core.analysis.knn_index`)
+above it, and it says which.
 """
 from __future__ import annotations
 
@@ -143,37 +149,166 @@ def _search_rounded(Q, X, x_norms, k, own, precision, margin, Xr=None, again=Non
     return i, d
 
 
-def _knn_numpy(X, k, queries=None):
-    """The CPU path: float32 BLAS products and a partial sort (argpartition is ~3x
-    faster than torch.topk on the CPU)."""
+def _knn_numpy(X, k, queries=None, block: int = 2048):
+    """The CPU path: blocked float32 BLAS products (every core) and a running top-k.
+
+    - Each block of distances is one GEMM: the squared norms ride in two extra
+      columns (``[x, |x|^2, 1] . [-2y, 1, |y|^2]``), so no pass adds them.
+    - A row keeps its k best so far and their worst, ``tau``; in a new block only the
+      entries below ``tau`` (a few per row once the first block has been seen) are
+      merged, so the selection costs one comparison per distance, not a partial sort.
+    - Every row searched against itself (``queries=None``): the distance matrix is
+      symmetric, so only the blocks on and above the diagonal are computed and each
+      serves its rows and its columns: half the products of one X.Xᵀ.
+    The k distances returned are recomputed as ``|q - x|^2`` from the vectors."""
     X = np.ascontiguousarray(X, dtype=np.float32)
     self_query = queries is None
     n, k = len(X), int(k)
     if not 0 < k <= n - self_query:
         raise ValueError(f"k={k} neighbours asked among {n} points")
-    # not centred (unlike the torch path): bit-identical to the exact_knn that made the
-    # maps already cached (UMAP's layout follows float32 rounding of its neighbour distances)
     Q = X if self_query else np.ascontiguousarray(queries, dtype=np.float32)
     m = len(Q)
-    x_norms = np.einsum("ij,ij->i", X, X)
-    idx = np.empty((m, k), dtype=np.int64)
-    dist = np.empty((m, k), dtype=np.float32)
-    step = max(16, _CHUNK_ELEMENTS // max(n, 1))
-    for start in range(0, m, step):
-        s = slice(start, min(m, start + step))
-        D = Q[s] @ X.T
-        D *= -2
-        D += x_norms[None, :]
-        D += np.einsum("ij,ij->i", Q[s], Q[s])[:, None]
-        np.maximum(D, 0, out=D)
+    ones = np.ones((n, 1), np.float32)
+    x_norms = np.einsum("ij,ij->i", X, X)[:, None]
+    R = np.hstack([-2 * X, ones, x_norms])  # (n, d + 2)
+    if self_query:
+        L = np.hstack([X, x_norms, ones])
+    else:
+        L = np.hstack([Q, np.einsum("ij,ij->i", Q, Q)[:, None], np.ones((m, 1), np.float32)])
+    best_i = np.empty((m, k), np.int64)
+    best_d = np.empty((m, k), np.float32)
+    tau = np.empty(m, np.float32)
+    cols = [slice(s, min(n, s + block)) for s in range(0, n, block)]
+    rows = cols if self_query else [slice(s, min(m, s + block)) for s in range(0, m, block)]
+    seed = max(4 * k, 256)  # columns whose partial sort gives each row its first k and tau
+    for a, I in enumerate(rows):
+        J = cols[a] if self_query else cols[0]
+        D = L[I] @ R[J].T
         if self_query:
-            D[np.arange(D.shape[0]), np.arange(s.start, s.stop)] = np.inf
-        part = np.argpartition(D, k - 1, axis=1)[:, :k]
-        d = np.take_along_axis(D, part, axis=1)
-        order = np.argsort(d, axis=1, kind="stable")
-        idx[s] = np.take_along_axis(part, order, axis=1)
-        dist[s] = np.take_along_axis(d, order, axis=1)
-    return idx, dist
+            D[np.arange(D.shape[0]), np.arange(D.shape[0])] = np.inf
+        w = min(D.shape[1], seed)
+        best_i[I], best_d[I] = -1, np.inf  # stays so where the first columns are fewer than k
+        kk = min(k, w)
+        part = np.argpartition(D[:, :w], kk - 1, axis=1)[:, :kk]
+        best_i[I, :kk] = part + J.start
+        best_d[I, :kk] = np.take_along_axis(D, part, 1)
+        tau[I] = best_d[I].max(1)
+        while w < D.shape[1]:  # the rest of the first block in doubling widths: tau tightens as it goes
+            e = min(D.shape[1], 3 * w)
+            _merge(best_i, best_d, tau, I.start, J.start + w, D[:, w:e], k)
+            w = e
+    for a, I in enumerate(rows):
+        for b in range(a + 1 if self_query else 1, len(cols)):
+            J = cols[b]
+            D = L[I] @ R[J].T
+            _merge(best_i, best_d, tau, I.start, J.start, D, k)
+            if self_query:
+                _merge(best_i, best_d, tau, J.start, I.start, D, k, transposed=True)
+    # exact distances of the k kept, nearest first (index breaks ties)
+    d = np.empty((m, k), np.float32)
+    for s in range(0, m, 4096):
+        q = Q[s:s + 4096]
+        diff = X[best_i[s:s + 4096]] - q[:, None, :]
+        d[s:s + 4096] = np.einsum("mkd,mkd->mk", diff, diff)
+    order = np.lexsort((best_i, d), axis=1)
+    return np.take_along_axis(best_i, order, 1), np.take_along_axis(d, order, 1)
+
+
+def _merge(best_i, best_d, tau, row0, col0, D, k, transposed=False):
+    """Fold the entries of block ``D`` (rows ``row0 + r``, columns ``col0 + c``; with
+    ``transposed``, ``D.T``'s) that beat their row's k-th best into the running top-k."""
+    if transposed:  # compare in D's own (contiguous) order; swap the roles after
+        t = tau[row0:row0 + D.shape[1]]
+        if not (D.min(axis=0) < t).any():
+            return
+        c, r = np.nonzero(D < t[None, :])
+    else:
+        t = tau[row0:row0 + D.shape[0]]
+        if not (D.min(axis=1) < t).any():
+            return
+        r, c = np.nonzero(D < t[:, None])
+    vals = D[c, r] if transposed else D[r, c]
+    touched = np.unique(r)
+    rows = r + row0
+    touched = touched + row0
+    cand_r = np.concatenate([np.repeat(touched, k), rows])
+    cand_i = np.concatenate([best_i[touched].ravel(), c + col0])
+    cand_d = np.concatenate([best_d[touched].ravel(), vals])
+    order = np.lexsort((cand_d, cand_r))
+    start = np.searchsorted(cand_r[order], touched)
+    take = order[(start[:, None] + np.arange(k)).ravel()]
+    best_i[touched] = cand_i[take].reshape(-1, k)
+    best_d[touched] = cand_d[take].reshape(-1, k)
+    tau[touched] = best_d[touched, -1]
+
+
+# ---------------------------------------------------------------- the entry point
+
+EXACT_BELOW = 200_000  # rows from which `neighbours` answers from a run's index (when it is given one)
+
+
+def neighbours(X, k: int, queries=None, metric: str = "euclidean", index=None, rows=None,
+               exclude=None, exact_below: int | None = None, device: str | None = None):
+    """The one kNN entry point: ``(indices int64 (m, k), distances float32 (m, k), search dict)``.
+
+    ``X`` (n, d) the galaxies (may be None when ``index`` and ``rows`` are given);
+    ``queries`` (m, d), None = every row of ``X``, each excluding itself; ``exclude``:
+    one row per query to leave out (a query that is itself a galaxy of ``X``).
+    ``metric``: "euclidean" (squared distances) or "cosine" (1 - cosine similarity).
+    Exact search (:func:`knn`: blocked BLAS on the CPU, certified TF32 on a GPU) below
+    ``exact_below`` rows (default :data:`EXACT_BELOW`); at and above it, the run's
+    ``index`` (:class:`core.analysis.knn_index.KnnIndex`) when one is given, re-ranked
+    exactly from ``rows`` (a matrix or a row reader; default ``X``). ``search`` says
+    which: ``{"search": "exact", "device"}`` or ``{"search": "index", "library",
+    "recall_at_10", "index_key"}``.
+    """
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+    threshold = EXACT_BELOW if exact_below is None else int(exact_below)
+    n = index.ntotal if X is None else len(X)
+    if index is not None and n >= threshold:
+        if index.metric != metric:
+            raise ValueError(f"the index is for {index.metric} distances, not {metric}")
+        self_query = queries is None
+        Q = (X if rows is None else rows) if self_query else queries
+        if self_query and not isinstance(Q, np.ndarray):
+            raise ValueError("searching every row through an index needs the rows as a matrix")
+        own = np.arange(len(Q)) if self_query else exclude
+        idx, dist = index.search(Q, k, rows=X if rows is None else rows, exclude=own)
+        meta = index.meta
+        return idx, dist, {"search": "index", "library": meta.get("library"), "recall_at_10": meta.get("recall_at_10"),
+                           "index_key": meta.get("key"), "params": meta.get("params")}
+    X = np.asarray(X, np.float32)
+    if metric == "cosine":
+        X = _unit(X)
+        queries = None if queries is None else _unit(queries)
+    dev = device or default_device()
+    if exclude is not None and queries is not None:  # one more, then drop the query's own row
+        idx, d2 = knn(X, min(k + 1, len(X)), queries=queries, device=dev)
+        own = idx == np.asarray(exclude, np.int64)[:, None]
+        keep = np.argsort(own, axis=1, kind="stable")[:, :k]  # own row moved last, order kept
+        idx, d2 = np.take_along_axis(idx, keep, 1), np.take_along_axis(d2, keep, 1)
+    else:
+        idx, d2 = knn(X, k, queries=queries, device=dev)
+    dist = d2 / 2 if metric == "cosine" else d2  # |a-b|^2 / 2 = 1 - cos on unit vectors
+    return idx, dist.astype(np.float32), {"search": "exact", "device": dev}
+
+
+def _unit(X) -> np.ndarray:
+    X = np.asarray(X, np.float32)
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+def sq_distances(Q: np.ndarray, X: np.ndarray, x_norms: np.ndarray) -> np.ndarray:
+    """(m, n) float32 squared distances of query rows ``Q`` to rows ``X`` (``x_norms``:
+    X's squared row norms), clamped at 0: for callers that need whole rows of distances
+    (ranks, trustworthiness), not just the k nearest."""
+    D = Q @ X.T
+    D *= -2
+    D += x_norms[None, :]
+    D += np.einsum("ij,ij->i", Q, Q)[:, None]
+    np.maximum(D, 0, out=D)
+    return D
 
 
 def knn_gpu_ready() -> bool:
