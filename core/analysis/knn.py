@@ -168,6 +168,25 @@ def _knn_numpy(X, k, queries=None, block: int = 2048):
         raise ValueError(f"k={k} neighbours asked among {n} points")
     Q = X if self_query else np.ascontiguousarray(queries, dtype=np.float32)
     m = len(Q)
+    if not self_query and m <= 64:  # a few queries (one click): one product, no copies of X
+        D = sq_distances(Q, X, np.einsum("ij,ij->i", X, X))
+        part = np.argpartition(D, k - 1, axis=1)[:, :k] if k < n else np.broadcast_to(np.arange(n), (m, n)).copy()
+        best_i = part
+    else:
+        best_i = _blocked(X, Q, k, self_query, block)
+    # exact distances of the k kept, nearest first (index breaks ties)
+    d = np.empty((m, k), np.float32)
+    for s in range(0, m, 4096):
+        q = Q[s:s + 4096]
+        diff = X[best_i[s:s + 4096]] - q[:, None, :]
+        d[s:s + 4096] = np.einsum("mkd,mkd->mk", diff, diff)
+    order = np.lexsort((best_i, d), axis=1)
+    return np.take_along_axis(best_i, order, 1), np.take_along_axis(d, order, 1)
+
+
+def _blocked(X, Q, k, self_query, block):
+    """Indices (m, k) of the k nearest, unordered: the blocked products of :func:`_knn_numpy`."""
+    n, m = len(X), len(Q)
     ones = np.ones((n, 1), np.float32)
     x_norms = np.einsum("ij,ij->i", X, X)[:, None]
     R = np.hstack([-2 * X, ones, x_norms])  # (n, d + 2)
@@ -204,14 +223,7 @@ def _knn_numpy(X, k, queries=None, block: int = 2048):
             _merge(best_i, best_d, tau, I.start, J.start, D, k)
             if self_query:
                 _merge(best_i, best_d, tau, J.start, I.start, D, k, transposed=True)
-    # exact distances of the k kept, nearest first (index breaks ties)
-    d = np.empty((m, k), np.float32)
-    for s in range(0, m, 4096):
-        q = Q[s:s + 4096]
-        diff = X[best_i[s:s + 4096]] - q[:, None, :]
-        d[s:s + 4096] = np.einsum("mkd,mkd->mk", diff, diff)
-    order = np.lexsort((best_i, d), axis=1)
-    return np.take_along_axis(best_i, order, 1), np.take_along_axis(d, order, 1)
+    return best_i
 
 
 def _merge(best_i, best_d, tau, row0, col0, D, k, transposed=False):
