@@ -2,6 +2,7 @@
 an index is built once with its recall recorded, rebuilt when the run changes or its
 file is damaged, listed by `ls`, and the consumers say whether they searched
 exactly or through the index."""
+import argparse
 import json
 
 import numpy as np
@@ -12,6 +13,7 @@ from core.analysis import knn, knn_index, layers
 from core.analysis import outliers as anomaly
 from core.analysis.evaluation import knn_neighbours
 from core.analysis.maps.store import features_run
+from core.cli import ls
 from core.store import cache as store
 from tests.projection_fixtures import write_features
 
@@ -95,7 +97,7 @@ def test_index_rebuilt_when_the_run_changes(run):
     assert {e["key"] for e in store.list_runs(cache) if e["kind"] == "knn-index"} >= {second.meta["key"]}
 
 
-def test_damaged_index_file_is_rebuilt_never_read(run, monkeypatch):
+def test_damaged_index_file_is_rebuilt_never_read(run, monkeypatch, capsys):
     r, X, cache = run
     index = knn_index.get_index(r, "cosine", cache)
     path = index.path
@@ -103,6 +105,8 @@ def test_damaged_index_file_is_rebuilt_never_read(run, monkeypatch):
     raw[len(raw) // 2] ^= 0xFF
     path.write_bytes(bytes(raw))
     assert knn_index.verify_index(path) == "checksum mismatch"
+    assert ls.run(argparse.Namespace(cache=str(cache), json=False, verify=True)) == 1  # `ls --verify` says so
+    assert "checksum mismatch); the next search rebuilds it" in capsys.readouterr().err
     read = []
     real = knn_index._faiss
     monkeypatch.setattr(knn_index, "_faiss", lambda: read.append(1) or real())

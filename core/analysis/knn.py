@@ -176,10 +176,11 @@ def _knn_numpy(X, k, queries=None, block: int = 2048):
         best_i = _blocked(X, Q, k, self_query, block)
     # exact distances of the k kept, nearest first (index breaks ties)
     d = np.empty((m, k), np.float32)
-    for s in range(0, m, 4096):
-        q = Q[s:s + 4096]
-        diff = X[best_i[s:s + 4096]] - q[:, None, :]
-        d[s:s + 4096] = np.einsum("mkd,mkd->mk", diff, diff)
+    for s in range(0, m, 256):  # small chunks: the gathered rows stay in cache
+        q = Q[s:s + 256]
+        diff = X[best_i[s:s + 256]]
+        diff -= q[:, None, :]
+        d[s:s + 256] = np.einsum("mkd,mkd->mk", diff, diff)
     order = np.lexsort((best_i, d), axis=1)
     return np.take_along_axis(best_i, order, 1), np.take_along_axis(d, order, 1)
 
@@ -220,31 +221,37 @@ def _blocked(X, Q, k, self_query, block):
         for b in range(a + 1 if self_query else 1, len(cols)):
             J = cols[b]
             D = L[I] @ R[J].T
-            _merge(best_i, best_d, tau, I.start, J.start, D, k)
-            if self_query:
-                _merge(best_i, best_d, tau, J.start, I.start, D, k, transposed=True)
+            if not self_query:
+                _merge(best_i, best_d, tau, I.start, J.start, D, k)
+                continue
+            # one scan serves both: entries that beat their row's or their column's k-th best
+            t_rows, t_cols = tau[I][:, None], tau[J][None, :]
+            mask = D < t_rows
+            mask |= D < t_cols
+            r, c = np.nonzero(mask)
+            if len(r):
+                v = D[r, c]
+                a_ = v < t_rows[r, 0]
+                _fold(best_i, best_d, tau, r[a_] + I.start, c[a_] + J.start, v[a_], k)
+                b_ = v < t_cols[0, c]
+                _fold(best_i, best_d, tau, c[b_] + J.start, r[b_] + I.start, v[b_], k)
     return best_i
 
 
-def _merge(best_i, best_d, tau, row0, col0, D, k, transposed=False):
-    """Fold the entries of block ``D`` (rows ``row0 + r``, columns ``col0 + c``; with
-    ``transposed``, ``D.T``'s) that beat their row's k-th best into the running top-k."""
-    if transposed:  # compare in D's own (contiguous) order; swap the roles after
-        t = tau[row0:row0 + D.shape[1]]
-        if not (D.min(axis=0) < t).any():
-            return
-        c, r = np.nonzero(D < t[None, :])
-    else:
-        t = tau[row0:row0 + D.shape[0]]
-        if not (D.min(axis=1) < t).any():
-            return
-        r, c = np.nonzero(D < t[:, None])
-    vals = D[c, r] if transposed else D[r, c]
-    touched = np.unique(r)
-    rows = r + row0
-    touched = touched + row0
+def _merge(best_i, best_d, tau, row0, col0, D, k):
+    """Fold the entries of block ``D`` (rows ``row0 + r``, columns ``col0 + c``) that beat
+    their row's k-th best into the running top-k."""
+    r, c = np.nonzero(D < tau[row0:row0 + D.shape[0], None])
+    _fold(best_i, best_d, tau, r + row0, c + col0, D[r, c], k)
+
+
+def _fold(best_i, best_d, tau, rows, cols, vals, k):
+    """Merge candidate (row, column, distance) triples into the running top-k of their rows."""
+    if not len(rows):
+        return
+    touched = np.unique(rows)
     cand_r = np.concatenate([np.repeat(touched, k), rows])
-    cand_i = np.concatenate([best_i[touched].ravel(), c + col0])
+    cand_i = np.concatenate([best_i[touched].ravel(), cols])
     cand_d = np.concatenate([best_d[touched].ravel(), vals])
     order = np.lexsort((cand_d, cand_r))
     start = np.searchsorted(cand_r[order], touched)
