@@ -74,7 +74,7 @@ def run_fingerprint(run: dict) -> dict:
     return {**{k: run.get(k) for k in ("rows", "bytes", "created", "dim")}, "mtime_ns": mtime}
 
 
-def iter_embeddings(path, batch_rows: int = 65536):
+def iter_embeddings(path, batch_rows: int = 16384):
     """(start row, (b, d) float32) batches of a features run, in row order, streamed."""
     import pyarrow.parquet as pq
 
@@ -311,8 +311,10 @@ def build_index(features_path, metric: str = "cosine", progress: bool = False, s
         D = q_norms[:, None] + np.einsum("ij,ij->i", X, X)[None, :] - 2 * (Q @ X.T)
         own = (query_rows >= start) & (query_rows < start + len(X))
         D[np.flatnonzero(own), query_rows[own] - start] = np.inf
-        cat_d = np.hstack([best_d, D])
-        cat_i = np.hstack([best_i, np.broadcast_to(np.arange(start, start + len(X)), D.shape)])
+        kb = min(kq, D.shape[1])
+        part = np.argpartition(D, kb - 1, axis=1)[:, :kb]  # this batch's best, then merged with the best so far
+        cat_d = np.hstack([best_d, np.take_along_axis(D, part, 1)])
+        cat_i = np.hstack([best_i, part + start])
         o = np.argpartition(cat_d, kq - 1, axis=1)[:, :kq]
         best_d, best_i = np.take_along_axis(cat_d, o, 1), np.take_along_axis(cat_i, o, 1)
         if progress:
