@@ -27,7 +27,6 @@ above it, and it says which.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 _CHUNK_ELEMENTS = 1 << 24  # distances held at once per chunk: 64 MB of float32
 # relative rounding of one input to the product (round to nearest): bf16 keeps 8 bits, TF32 11
@@ -36,10 +35,14 @@ _UNIT_ROUNDOFF = {"bf16": 2.0 ** -8, "tf32": 2.0 ** -11, "fp32": 0.0}
 
 def default_device() -> str:
     """"cuda" when a GPU is visible, else "cpu"."""
+    import torch  # imported when used: the cache-hit path stays torch-free
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _precision(device: torch.device, precision: str | None) -> str:
+    import torch  # imported when used: the cache-hit path stays torch-free
+
     if precision is None:
         return "tf32" if device.type == "cuda" else "fp32"
     if precision not in _UNIT_ROUNDOFF:
@@ -59,6 +62,8 @@ def knn(X, k: int, queries=None, device: str | None = None, precision: str | Non
     pass could not certify. Returns ``(indices int64 (m, k), squared distances float32 (m, k))``,
     nearest first.
     """
+    import torch
+
     dev = torch.device(device or default_device())
     precision = _precision(dev, precision)
     if dev.type == "cpu" and precision == "fp32" and not torch.is_tensor(X) and not torch.is_tensor(queries):
@@ -105,11 +110,15 @@ def _sq_distances(Q, X, x_norms, dtype=None):
 
 
 def _exclude_self(D, own):
+    import torch  # imported when used: the cache-hit path stays torch-free
+
     if own is not None:
         D[torch.arange(len(own), device=D.device), own] = float("inf")
 
 
 def _search_fp32(Q, X, x_norms, k, own, precision, margin, Xr=None, again=None):
+    import torch  # imported when used: the cache-hit path stays torch-free
+
     D = _sq_distances(Q, X, x_norms)
     _exclude_self(D, own)
     d, i = torch.topk(D, k, dim=1, largest=False, sorted=True)
@@ -118,6 +127,8 @@ def _search_fp32(Q, X, x_norms, k, own, precision, margin, Xr=None, again=None):
 
 def _search_rounded(Q, X, x_norms, k, own, precision, margin, Xr=None, again=None):
     """Candidates from rounded products, re-ranked in float32, uncertified rows redone."""
+    import torch  # imported when used: the cache-hit path stays torch-free
+
     n = len(X)
     c = min(n - (own is not None), k + margin)
     tf32 = precision == "tf32"
@@ -332,6 +343,8 @@ def sq_distances(Q: np.ndarray, X: np.ndarray, x_norms: np.ndarray) -> np.ndarra
 
 def knn_gpu_ready() -> bool:
     """Whether :func:`knn` would run on a GPU (the callers' "at scale" switch)."""
+    import torch  # imported when used: the cache-hit path stays torch-free
+
     return torch.cuda.is_available()
 
 
@@ -344,6 +357,8 @@ def nearest_rows(X: np.ndarray, i: int, k: int, metric: str = "cosine", device: 
     distance is 1 - cosine similarity. Meant for a GPU at scale: the (normalised)
     matrix stays on the device between calls with the same ``X``, so each call
     is one matrix-vector product there instead of a pass over X in host memory."""
+    import torch  # imported when used: the cache-hit path stays torch-free
+
     dev = torch.device(device or default_device())
     key = (id(X), X.shape, metric, str(dev))
     if _resident.get("key") != key:
