@@ -510,3 +510,18 @@ def test_large_run_says_how_to_get_its_outlier_scores(cache_copy, monkeypatch, c
     at = view(run_app(), "Unusual")
     assert "Most unusual first" in texts(at) and "scored only on request" not in texts(at)
     assert "outlier score (kNN)" in at.selectbox(key="colour").options
+
+
+@pytest.mark.slow
+def test_neighbours_answer_from_the_run_index_above_the_threshold(cache_copy, monkeypatch):
+    from core.analysis import knn
+
+    monkeypatch.setattr(knn, "EXACT_BELOW", 50)  # these runs are small: make them "large"
+    at = view(run_app(), "Neighbours")
+    at.button(key="suggest-nb-0").click()
+    ok(at.run())
+    assert texts(at).count("of 8 neighbours share its class") == 2
+    assert texts(at).count("from the run's index (faiss-cpu IVF-PQ, recall@10") == 2
+    from core.store import cache as store
+
+    assert any(e["kind"] == "knn-index" for e in store.list_runs(cache_copy))

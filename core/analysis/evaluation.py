@@ -209,7 +209,7 @@ def _gpu() -> bool:
     return knn_gpu_ready()
 
 
-def knn_neighbours(X, i, k: int = 10, metric: str = "cosine", norms=None):
+def knn_neighbours(X, i, k: int = 10, metric: str = "cosine", norms=None, index=None, search: dict | None = None):
     """The k nearest rows of ``X`` (n, d) to row(s) ``i``, excluding the row itself.
 
     Returns (indices, distances), each (k,) for an int ``i`` or (m, k) for m
@@ -217,7 +217,10 @@ def knn_neighbours(X, i, k: int = 10, metric: str = "cosine", norms=None):
     euclidean is the L2 distance. One matrix-vector product per query, so
     17k x 768 answers in milliseconds without an index, and no normalised copy
     of ``X`` is made (600 MB at 200,000 x 768); pass ``norms`` (`row_norms`)
-    to skip recomputing them on every call.
+    to skip recomputing them on every call. ``index``: the run's kNN index for
+    ``metric`` (:mod:`core.analysis.knn_index`), used from the kNN entry point's
+    threshold (:data:`core.analysis.knn.EXACT_BELOW` rows) on; ``search`` (a dict)
+    receives how the answer was found (``{"search": "exact" | "index", ...}``).
     """
     if metric not in ("cosine", "euclidean"):
         raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
@@ -225,6 +228,17 @@ def knn_neighbours(X, i, k: int = 10, metric: str = "cosine", norms=None):
     single = np.ndim(i) == 0
     q_idx = np.atleast_1d(np.asarray(i, dtype=np.int64))
     n = len(X)
+    from core.analysis import knn
+
+    if index is not None and n >= knn.EXACT_BELOW:
+        k = min(int(k), n - 1)
+        idx, dist, how = knn.neighbours(X, k, queries=X[q_idx], metric=metric, index=index, exclude=q_idx)
+        if search is not None:
+            search.update(how)
+        dist = dist.astype(np.float64) if metric == "cosine" else np.sqrt(dist.astype(np.float64))
+        return (idx[0], dist[0]) if single else (idx, dist)
+    if search is not None:
+        search.update({"search": "exact", "device": "cuda" if single and n >= GPU_NEIGHBOURS_FROM and _gpu() else "cpu"})
     if single and n >= GPU_NEIGHBOURS_FROM and _gpu():  # at scale: X stays on the GPU between clicks
         from core.analysis.knn import nearest_rows
 

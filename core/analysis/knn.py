@@ -17,11 +17,16 @@ Neighbours view. Distances are squared euclidean.
 
 >>> idx, d2 = knn(X, 90)                        # every row, itself excluded
 >>> idx, d2 = knn(X, 8, queries=X[:1])          # the 8 nearest rows to one point
+>>> idx, d, how = neighbours(X, 10, metric="cosine", index=run_index)  # the entry point
+
+:func:`neighbours` is the one entry point for every consumer (outlier scores,
+the Neighbours view, Find, kNN accuracy, map quality): exact search below
+:data:`EXACT_BELOW` rows, the run's ANN index (:mod:`core.analysis.knn_index`)
+above it, and it says which.
 """
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 _CHUNK_ELEMENTS = 1 << 24  # distances held at once per chunk: 64 MB of float32
 # relative rounding of one input to the product (round to nearest): bf16 keeps 8 bits, TF32 11
@@ -30,10 +35,14 @@ _UNIT_ROUNDOFF = {"bf16": 2.0 ** -8, "tf32": 2.0 ** -11, "fp32": 0.0}
 
 def default_device() -> str:
     """"cuda" when a GPU is visible, else "cpu"."""
+    import torch  # imported when used: the cache-hit path stays torch-free
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _precision(device: torch.device, precision: str | None) -> str:
+    import torch  # imported when used: the cache-hit path stays torch-free
+
     if precision is None:
         return "tf32" if device.type == "cuda" else "fp32"
     if precision not in _UNIT_ROUNDOFF:
@@ -53,6 +62,8 @@ def knn(X, k: int, queries=None, device: str | None = None, precision: str | Non
     pass could not certify. Returns ``(indices int64 (m, k), squared distances float32 (m, k))``,
     nearest first.
     """
+    import torch
+
     dev = torch.device(device or default_device())
     precision = _precision(dev, precision)
     if dev.type == "cpu" and precision == "fp32" and not torch.is_tensor(X) and not torch.is_tensor(queries):
@@ -99,11 +110,15 @@ def _sq_distances(Q, X, x_norms, dtype=None):
 
 
 def _exclude_self(D, own):
+    import torch  # imported when used: the cache-hit path stays torch-free
+
     if own is not None:
         D[torch.arange(len(own), device=D.device), own] = float("inf")
 
 
 def _search_fp32(Q, X, x_norms, k, own, precision, margin, Xr=None, again=None):
+    import torch  # imported when used: the cache-hit path stays torch-free
+
     D = _sq_distances(Q, X, x_norms)
     _exclude_self(D, own)
     d, i = torch.topk(D, k, dim=1, largest=False, sorted=True)
@@ -112,6 +127,8 @@ def _search_fp32(Q, X, x_norms, k, own, precision, margin, Xr=None, again=None):
 
 def _search_rounded(Q, X, x_norms, k, own, precision, margin, Xr=None, again=None):
     """Candidates from rounded products, re-ranked in float32, uncertified rows redone."""
+    import torch  # imported when used: the cache-hit path stays torch-free
+
     n = len(X)
     c = min(n - (own is not None), k + margin)
     tf32 = precision == "tf32"
@@ -143,41 +160,191 @@ def _search_rounded(Q, X, x_norms, k, own, precision, margin, Xr=None, again=Non
     return i, d
 
 
-def _knn_numpy(X, k, queries=None):
-    """The CPU path: float32 BLAS products and a partial sort (argpartition is ~3x
-    faster than torch.topk on the CPU)."""
+def _knn_numpy(X, k, queries=None, block: int = 2048):
+    """The CPU path: blocked float32 BLAS products (every core) and a running top-k.
+
+    - Each block of distances is one GEMM: the squared norms ride in two extra
+      columns (``[x, |x|^2, 1] . [-2y, 1, |y|^2]``), so no pass adds them.
+    - A row keeps its k best so far and their worst, ``tau``; in a new block only the
+      entries below ``tau`` (a few per row once the first block has been seen) are
+      merged, so the selection costs one comparison per distance, not a partial sort.
+    - Every row searched against itself (``queries=None``): the distance matrix is
+      symmetric, so only the blocks on and above the diagonal are computed and each
+      serves its rows and its columns: half the products of one X.Xᵀ.
+    The k distances returned are recomputed as ``|q - x|^2`` from the vectors."""
     X = np.ascontiguousarray(X, dtype=np.float32)
     self_query = queries is None
     n, k = len(X), int(k)
     if not 0 < k <= n - self_query:
         raise ValueError(f"k={k} neighbours asked among {n} points")
-    # not centred (unlike the torch path): bit-identical to the exact_knn that made the
-    # maps already cached (UMAP's layout follows float32 rounding of its neighbour distances)
     Q = X if self_query else np.ascontiguousarray(queries, dtype=np.float32)
     m = len(Q)
-    x_norms = np.einsum("ij,ij->i", X, X)
-    idx = np.empty((m, k), dtype=np.int64)
-    dist = np.empty((m, k), dtype=np.float32)
-    step = max(16, _CHUNK_ELEMENTS // max(n, 1))
-    for start in range(0, m, step):
-        s = slice(start, min(m, start + step))
-        D = Q[s] @ X.T
-        D *= -2
-        D += x_norms[None, :]
-        D += np.einsum("ij,ij->i", Q[s], Q[s])[:, None]
-        np.maximum(D, 0, out=D)
+    if not self_query and m <= 64:  # a few queries (one click): one product, no copies of X
+        D = sq_distances(Q, X, np.einsum("ij,ij->i", X, X))
+        part = np.argpartition(D, k - 1, axis=1)[:, :k] if k < n else np.broadcast_to(np.arange(n), (m, n)).copy()
+        best_i = part
+    else:
+        best_i = _blocked(X, Q, k, self_query, block)
+    # exact distances of the k kept, nearest first (index breaks ties)
+    d = np.empty((m, k), np.float32)
+    for s in range(0, m, 256):  # small chunks: the gathered rows stay in cache
+        q = Q[s:s + 256]
+        diff = X[best_i[s:s + 256]]
+        diff -= q[:, None, :]
+        d[s:s + 256] = np.einsum("mkd,mkd->mk", diff, diff)
+    order = np.lexsort((best_i, d), axis=1)
+    return np.take_along_axis(best_i, order, 1), np.take_along_axis(d, order, 1)
+
+
+def _blocked(X, Q, k, self_query, block):
+    """Indices (m, k) of the k nearest, unordered: the blocked products of :func:`_knn_numpy`."""
+    n, m = len(X), len(Q)
+    ones = np.ones((n, 1), np.float32)
+    x_norms = np.einsum("ij,ij->i", X, X)[:, None]
+    R = np.hstack([-2 * X, ones, x_norms])  # (n, d + 2)
+    if self_query:
+        L = np.hstack([X, x_norms, ones])
+    else:
+        L = np.hstack([Q, np.einsum("ij,ij->i", Q, Q)[:, None], np.ones((m, 1), np.float32)])
+    best_i = np.empty((m, k), np.int64)
+    best_d = np.empty((m, k), np.float32)
+    tau = np.empty(m, np.float32)
+    cols = [slice(s, min(n, s + block)) for s in range(0, n, block)]
+    rows = cols if self_query else [slice(s, min(m, s + block)) for s in range(0, m, block)]
+    seed = max(4 * k, 256)  # columns whose partial sort gives each row its first k and tau
+    for a, I in enumerate(rows):
+        J = cols[a] if self_query else cols[0]
+        D = L[I] @ R[J].T
         if self_query:
-            D[np.arange(D.shape[0]), np.arange(s.start, s.stop)] = np.inf
-        part = np.argpartition(D, k - 1, axis=1)[:, :k]
-        d = np.take_along_axis(D, part, axis=1)
-        order = np.argsort(d, axis=1, kind="stable")
-        idx[s] = np.take_along_axis(part, order, axis=1)
-        dist[s] = np.take_along_axis(d, order, axis=1)
-    return idx, dist
+            D[np.arange(D.shape[0]), np.arange(D.shape[0])] = np.inf
+        w = min(D.shape[1], seed)
+        best_i[I], best_d[I] = -1, np.inf  # stays so where the first columns are fewer than k
+        kk = min(k, w)
+        part = np.argpartition(D[:, :w], kk - 1, axis=1)[:, :kk]
+        best_i[I, :kk] = part + J.start
+        best_d[I, :kk] = np.take_along_axis(D, part, 1)
+        tau[I] = best_d[I].max(1)
+        while w < D.shape[1]:  # the rest of the first block in doubling widths: tau tightens as it goes
+            e = min(D.shape[1], 3 * w)
+            _merge(best_i, best_d, tau, I.start, J.start + w, D[:, w:e], k)
+            w = e
+    for a, I in enumerate(rows):
+        for b in range(a + 1 if self_query else 1, len(cols)):
+            J = cols[b]
+            D = L[I] @ R[J].T
+            if not self_query:
+                _merge(best_i, best_d, tau, I.start, J.start, D, k)
+                continue
+            # one scan serves both: entries that beat their row's or their column's k-th best
+            t_rows, t_cols = tau[I][:, None], tau[J][None, :]
+            mask = D < t_rows
+            mask |= D < t_cols
+            r, c = np.nonzero(mask)
+            if len(r):
+                v = D[r, c]
+                a_ = v < t_rows[r, 0]
+                _fold(best_i, best_d, tau, r[a_] + I.start, c[a_] + J.start, v[a_], k)
+                b_ = v < t_cols[0, c]
+                _fold(best_i, best_d, tau, c[b_] + J.start, r[b_] + I.start, v[b_], k)
+    return best_i
+
+
+def _merge(best_i, best_d, tau, row0, col0, D, k):
+    """Fold the entries of block ``D`` (rows ``row0 + r``, columns ``col0 + c``) that beat
+    their row's k-th best into the running top-k."""
+    r, c = np.nonzero(D < tau[row0:row0 + D.shape[0], None])
+    _fold(best_i, best_d, tau, r + row0, c + col0, D[r, c], k)
+
+
+def _fold(best_i, best_d, tau, rows, cols, vals, k):
+    """Merge candidate (row, column, distance) triples into the running top-k of their rows."""
+    if not len(rows):
+        return
+    touched = np.unique(rows)
+    cand_r = np.concatenate([np.repeat(touched, k), rows])
+    cand_i = np.concatenate([best_i[touched].ravel(), cols])
+    cand_d = np.concatenate([best_d[touched].ravel(), vals])
+    order = np.lexsort((cand_d, cand_r))
+    start = np.searchsorted(cand_r[order], touched)
+    take = order[(start[:, None] + np.arange(k)).ravel()]
+    best_i[touched] = cand_i[take].reshape(-1, k)
+    best_d[touched] = cand_d[take].reshape(-1, k)
+    tau[touched] = best_d[touched, -1]
+
+
+# ---------------------------------------------------------------- the entry point
+
+EXACT_BELOW = 200_000  # rows from which `neighbours` answers from a run's index (when it is given one)
+
+
+def neighbours(X, k: int, queries=None, metric: str = "euclidean", index=None, rows=None,
+               exclude=None, exact_below: int | None = None, device: str | None = None):
+    """The one kNN entry point: ``(indices int64 (m, k), distances float32 (m, k), search dict)``.
+
+    ``X`` (n, d) the galaxies (may be None when ``index`` and ``rows`` are given);
+    ``queries`` (m, d), None = every row of ``X``, each excluding itself; ``exclude``:
+    one row per query to leave out (a query that is itself a galaxy of ``X``).
+    ``metric``: "euclidean" (squared distances) or "cosine" (1 - cosine similarity).
+    Exact search (:func:`knn`: blocked BLAS on the CPU, certified TF32 on a GPU) below
+    ``exact_below`` rows (default :data:`EXACT_BELOW`); at and above it, the run's
+    ``index`` (:class:`core.analysis.knn_index.KnnIndex`) when one is given, re-ranked
+    exactly from ``rows`` (a matrix or a row reader; default ``X``). ``search`` says
+    which: ``{"search": "exact", "device"}`` or ``{"search": "index", "library",
+    "recall_at_10", "index_key"}``.
+    """
+    if metric not in ("euclidean", "cosine"):
+        raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+    threshold = EXACT_BELOW if exact_below is None else int(exact_below)
+    n = index.ntotal if X is None else len(X)
+    if index is not None and n >= threshold:
+        if index.metric != metric:
+            raise ValueError(f"the index is for {index.metric} distances, not {metric}")
+        self_query = queries is None
+        Q = (X if rows is None else rows) if self_query else queries
+        if self_query and not isinstance(Q, np.ndarray):
+            raise ValueError("searching every row through an index needs the rows as a matrix")
+        own = np.arange(len(Q)) if self_query else exclude
+        idx, dist = index.search(Q, k, rows=X if rows is None else rows, exclude=own)
+        meta = index.meta
+        return idx, dist, {"search": "index", "library": meta.get("library"), "recall_at_10": meta.get("recall_at_10"),
+                           "index_key": meta.get("key"), "params": meta.get("params")}
+    X = np.asarray(X, np.float32)
+    if metric == "cosine":
+        X = _unit(X)
+        queries = None if queries is None else _unit(queries)
+    dev = device or default_device()
+    if exclude is not None and queries is not None:  # one more, then drop the query's own row
+        idx, d2 = knn(X, min(k + 1, len(X)), queries=queries, device=dev)
+        own = idx == np.asarray(exclude, np.int64)[:, None]
+        keep = np.argsort(own, axis=1, kind="stable")[:, :k]  # own row moved last, order kept
+        idx, d2 = np.take_along_axis(idx, keep, 1), np.take_along_axis(d2, keep, 1)
+    else:
+        idx, d2 = knn(X, k, queries=queries, device=dev)
+    dist = d2 / 2 if metric == "cosine" else d2  # |a-b|^2 / 2 = 1 - cos on unit vectors
+    return idx, dist.astype(np.float32), {"search": "exact", "device": dev}
+
+
+def _unit(X) -> np.ndarray:
+    X = np.asarray(X, np.float32)
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+def sq_distances(Q: np.ndarray, X: np.ndarray, x_norms: np.ndarray) -> np.ndarray:
+    """(m, n) float32 squared distances of query rows ``Q`` to rows ``X`` (``x_norms``:
+    X's squared row norms), clamped at 0: for callers that need whole rows of distances
+    (ranks, trustworthiness), not just the k nearest."""
+    D = Q @ X.T
+    D *= -2
+    D += x_norms[None, :]
+    D += np.einsum("ij,ij->i", Q, Q)[:, None]
+    np.maximum(D, 0, out=D)
+    return D
 
 
 def knn_gpu_ready() -> bool:
     """Whether :func:`knn` would run on a GPU (the callers' "at scale" switch)."""
+    import torch  # imported when used: the cache-hit path stays torch-free
+
     return torch.cuda.is_available()
 
 
@@ -190,6 +357,8 @@ def nearest_rows(X: np.ndarray, i: int, k: int, metric: str = "cosine", device: 
     distance is 1 - cosine similarity. Meant for a GPU at scale: the (normalised)
     matrix stays on the device between calls with the same ``X``, so each call
     is one matrix-vector product there instead of a pass over X in host memory."""
+    import torch  # imported when used: the cache-hit path stays torch-free
+
     dev = torch.device(device or default_device())
     key = (id(X), X.shape, metric, str(dev))
     if _resident.get("key") != key:

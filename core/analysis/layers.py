@@ -29,6 +29,7 @@ from core.store import cache as store
 from core.extract import layers as lf
 from core.errors import UserError
 from core.analysis.evaluation import classification_report
+from core.analysis.knn import neighbours
 
 # Bump when a change here changes the numbers: old cached analyses then miss.
 ANALYSIS_VERSION = 2
@@ -53,16 +54,11 @@ def knn_accuracy(X_train, y_train, X_test, y_test, k: int = 10) -> float:
     B = _check(X_test, "X_test").astype(np.float32)
     y_train, y_test = np.asarray(y_train, np.int64), np.asarray(y_test, np.int64)
     k = min(k, len(A))
-    A = A / np.maximum(np.linalg.norm(A, axis=1, keepdims=True), 1e-12)
-    B = B / np.maximum(np.linalg.norm(B, axis=1, keepdims=True), 1e-12)
     n_classes = int(max(y_train.max(), y_test.max())) + 1
-    correct = 0
-    for start in range(0, len(B), 2048):
-        sim = B[start:start + 2048] @ A.T
-        near = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        votes = np.zeros((len(near), n_classes), np.int64)
-        np.add.at(votes, (np.arange(len(near))[:, None], y_train[near]), 1)
-        correct += int((votes.argmax(1) == y_test[start:start + 2048]).sum())
+    near, _, _ = neighbours(A, k, queries=B, metric="cosine")  # the one kNN entry point
+    votes = np.zeros((len(near), n_classes), np.int64)
+    np.add.at(votes, (np.arange(len(near))[:, None], y_train[near]), 1)
+    correct = int((votes.argmax(1) == y_test).sum())
     return correct / max(len(B), 1)
 
 

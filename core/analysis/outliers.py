@@ -27,6 +27,9 @@ import pyarrow as pa
 
 from core.store import cache as store
 from core.errors import UserError
+from core.analysis import knn
+from core.analysis.knn import neighbours
+from core.analysis.knn_index import get_index
 
 ANOMALY_VERSION = 1
 METHODS = {"knn": "kNN distance", "iforest": "isolation forest"}
@@ -59,15 +62,17 @@ def _check(X, k: int) -> np.ndarray:
     return X
 
 
-def knn_distance(X, k: int = 10, queries=None) -> np.ndarray:
+def knn_distance(X, k: int = 10, queries=None, index=None, search: dict | None = None) -> np.ndarray:
     """Mean cosine distance of each row of X (n, d) to its k nearest other rows,
-    or of each row of ``queries`` (m, d) to its k nearest rows of X: (n,) or (m,) float64."""
-    from core.analysis.maps.quality import exact_knn
-
+    or of each row of ``queries`` (m, d) to its k nearest rows of X: (n,) or (m,) float64.
+    Through the kNN entry point (:func:`core.analysis.knn.neighbours`): exact, or the
+    run's cosine ``index`` above the threshold; ``search`` (a dict) receives which."""
     X = _check(X, k)
     k = max(1, min(int(k), len(X) - (queries is None)))
-    _, sq = exact_knn(_unit(X), k, queries=None if queries is None else _unit(queries))
-    return (sq.astype(np.float64) / 2).mean(1)  # |a-b|^2 / 2 = 1 - cos(a, b) on unit vectors
+    _, dist, how = neighbours(X, k, queries=queries, metric="cosine", index=index)
+    if search is not None:
+        search.update(how)
+    return dist.astype(np.float64).mean(1)
 
 
 def _forest(X, n_estimators: int, seed: int):
@@ -86,10 +91,12 @@ def isolation_forest(X, n_estimators: int = 200, seed: int = 42, queries=None) -
     return _forest(X, n_estimators, seed)(X if queries is None else queries).astype(np.float64)
 
 
-def scores(X, k: int = 10, n_estimators: int = 200, seed: int = 42) -> pd.DataFrame:
+def scores(X, k: int = 10, n_estimators: int = 200, seed: int = 42, index=None,
+           search: dict | None = None) -> pd.DataFrame:
     """Both outlier scores of every row of X (n, d): columns ``knn``, ``iforest`` (0-5,
-    5 = weirdest) and their raw values ``knn_raw``, ``iforest_raw``."""
-    raw_knn = knn_distance(X, k)
+    5 = weirdest) and their raw values ``knn_raw``, ``iforest_raw``. ``index``: the
+    run's cosine kNN index (used above the entry point's threshold)."""
+    raw_knn = knn_distance(X, k, index=index, search=search)
     raw_forest = isolation_forest(X, n_estimators, seed)
     return pd.DataFrame({"knn": scale_0_5(raw_knn), "iforest": scale_0_5(raw_forest),
                          "knn_raw": raw_knn, "iforest_raw": raw_forest})
@@ -147,8 +154,10 @@ def get_anomalies(features_key: str, cache=None, progress: bool = False, **param
             print(f"outlier scores of {run.get('rows')} galaxies ({features_key})", file=sys.stderr, flush=True)
         rows, X = load_features(run)
         t0 = time.perf_counter()
-        s = scores(X, **params)
-        prov = {"kind": "anomalies", "features_run": features_key, "version": ANOMALY_VERSION, "params": params,
+        index = get_index(run, "cosine", cache, progress=progress) if len(X) >= knn.EXACT_BELOW else None
+        search = {}
+        s = scores(X, **params, index=index, search=search)
+        prov = {"search": search, "kind": "anomalies", "features_run": features_key, "version": ANOMALY_VERSION, "params": params,
                 "methods": METHODS, "scale": "0-5 min-max over the run, 5 = weirdest (Astronomaly)",
                 "dataset": run.get("dataset"), "model": run.get("model"), "mode": run.get("mode"),
                 "rows": len(X), "seconds": round(time.perf_counter() - t0, 3),

@@ -5,6 +5,7 @@ import json
 import sys
 
 from core.store import cache as store
+from core.analysis.knn_index import verify_index
 
 
 def add_parser(sub):
@@ -32,11 +33,12 @@ def _verify(runs: list[dict]) -> int:
     for r in runs:
         if r["kind"] == "evaluation":
             continue
-        problem = store.verify(r["path"])
+        problem = verify_index(r["path"]) if r["kind"] == "knn-index" else store.verify(r["path"])
         r["verified"] = problem is None
         if problem:
             damaged += 1
-            print(f"damaged: {r['path']} ({problem}); `extract --verify` recomputes it", file=sys.stderr)
+            fix = "the next search rebuilds it" if r["kind"] == "knn-index" else "`extract --verify` recomputes it"
+            print(f"damaged: {r['path']} ({problem}); {fix}", file=sys.stderr)
     return damaged
 
 
@@ -75,6 +77,10 @@ def run(args) -> int:
         elif r["kind"] == "label_issues":
             what = f"suspicious labels ({r.get('flagged')} flagged) of {r.get('features_run')}"
             shape = f"{r.get('rows')} x 1"
+        elif r["kind"] == "knn-index":
+            what = (f"{r.get('library')} {r.get('metric')} index of {r.get('features_run')}, "
+                    f"recall@10 {r.get('recall_at_10')} ({r.get('recall_queries')} queries)")
+            shape = f"{r.get('rows')} x {r.get('dim')}"
         else:
             what = f"evaluation of {r.get('features_run')}  macro F1 {r.get('macro_f1')}"
             shape = ""

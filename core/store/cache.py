@@ -13,6 +13,8 @@ Layout under the cache folder (``--cache DIR``, else ``$EXPLORER_CACHE``, else
     attention/<key>.npz         attention maps of one galaxy x checkpoint
     anomalies/<key>.parquet     outlier scores of a features run
     label_issues/<key>.parquet  suspicious labels of a features run (core.analysis.label_issues)
+    indexes/<key>.faiss         a nearest-neighbour index of one features run (+ <key>.json: parameters,
+                                recall@10, checksum; see core.analysis.knn_index)
 
 Every parquet carries its provenance as JSON under the key-value metadata key
 ``explorer``. Files are written to ``.<name>.tmp-<pid>`` and renamed, so a
@@ -86,6 +88,15 @@ def list_runs(cache=None) -> list[dict]:
             runs.append(prov)
         if kind == "features":
             runs += shards.list_sharded(cache / kind)
+    for p in sorted((cache / "indexes").glob("*.json")):  # kNN indexes (core.analysis.knn_index)
+        index = p.with_suffix(".faiss")
+        if p.name.startswith(".") or not index.exists():
+            continue
+        try:
+            obj = json.loads(p.read_text())
+        except Exception:
+            continue
+        runs.append({**obj, "kind": "knn-index", "key": p.stem, "path": str(index), "bytes": index.stat().st_size})
     for p in sorted((cache / "evaluations").glob("*.json")):
         if p.name.startswith(".") or p.name == "summary.json":  # summary: the ΔF1 table, not a run
             continue

@@ -75,6 +75,31 @@ def _embeddings(path: str, mtime: int) -> tuple[np.ndarray, np.ndarray]:
     return X, D.row_norms(X)
 
 
+@st.cache_resource(show_spinner="Building the run's neighbour index (once per run; it is cached beside the run)…",
+                   max_entries=4)
+def _run_index(path: str, mtime: int, metric: str, _run: dict):
+    from core.analysis.knn_index import get_index
+
+    return get_index(_run, metric, Path(path).parents[1])
+
+
+def run_index(run: dict, metric: str = "cosine"):
+    """The run's kNN index (:mod:`core.analysis.knn_index`) when the run is large enough
+    for the kNN entry point to use one (:data:`core.analysis.knn.EXACT_BELOW` rows), else None."""
+    from core.analysis import knn
+
+    if int(run.get("rows") or 0) < knn.EXACT_BELOW:
+        return None
+    return _run_index(run["path"], mtime(run["path"]), metric, run)
+
+
+def search_note(how: dict) -> str:
+    """How a neighbour search was answered, for a caption."""
+    if how.get("search") == "index":
+        return f"from the run's index ({how.get('library')}, recall@10 {how.get('recall_at_10')} measured at build)"
+    return "exact search"
+
+
 def embeddings(run: dict) -> tuple[np.ndarray, np.ndarray]:
     """(X, row norms of X) of a features run, in the order of its RunData frame."""
     return _embeddings(run["path"], mtime(run["path"]))

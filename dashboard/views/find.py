@@ -7,11 +7,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from core.analysis.knn import neighbours
 from core.data import sky
 
 from .. import data as D
 from ..astro import cosine_similarity, has_sky, most_and_least, positions
-from .common import Context, embeddings, gallery, run_data
+from .common import Context, embeddings, gallery, run_data, run_index, search_note
 
 HOW = {"id": "by id", "position": "by sky position", "image": "by image"}
 
@@ -141,6 +142,11 @@ def similar_to_upload(ctx: Context, run: dict, content: bytes, name: str, digest
         return
     sim = cosine_similarity(X, norms, q)
     top, bottom = most_and_least(sim, k)
+    index = run_index(run, "cosine")
+    how = {"search": "exact"}
+    if index is not None:  # the most similar from the run's index, through the kNN entry point
+        near, _, how = neighbours(X, k, queries=np.asarray(q, np.float32)[None], metric="cosine", index=index)
+        top = near[0][near[0] >= 0]
     if probs is not None:
         mapping = D.prediction_mapping(data.class_names, run.get("id2label"))
         if mapping is not None and 0 <= mapping[int(np.argmax(probs))] < len(data.class_names):
@@ -148,7 +154,7 @@ def similar_to_upload(ctx: Context, run: dict, content: bytes, name: str, digest
     labels = data.frame["true"].to_numpy()
     st.caption(f"Most similar: {pd.Series(labels[top]).value_counts().idxmax()} "
                f"({(labels[top] == pd.Series(labels[top]).value_counts().idxmax()).sum()} of {len(top)}); "
-               f"cosine similarity {sim[top].min():.4f}–{sim[top].max():.4f}.")
+               f"cosine similarity {sim[top].min():.4f}–{sim[top].max():.4f}; {search_note(how)}.")
     gallery(ctx, top, key=f"up-top-{run['key']}", data=data, columns=4, limit=k,
             notes=[f"**similarity {sim[p]:.4f}**" for p in top])
     with st.expander(f"Least similar ({k})"):

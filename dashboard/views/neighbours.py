@@ -7,7 +7,7 @@ import streamlit as st
 
 from .. import data as D
 from .attention import attention_panel
-from .common import Context, embeddings, gallery, run_data
+from .common import Context, embeddings, gallery, run_data, run_index, search_note
 
 
 def suggestions(ctx: Context) -> np.ndarray:
@@ -54,12 +54,14 @@ def neighbours_view(ctx: Context) -> None:
                 st.info(f"This galaxy is not in run `{run['key']}`.")
                 continue
             X, norms = embeddings(run)
-            idx, dist = D.knn_neighbours(X, int(pos[0]), k, metric, norms=norms)
+            how = {}
+            idx, dist = D.knn_neighbours(X, int(pos[0]), k, metric, norms=norms, index=run_index(run, metric),
+                                         search=how)
             labels = data.frame["label"].to_numpy()
             same = int((labels[idx] == labels[pos[0]]).sum())
             st.markdown(f"**{ctx.label(run)}** · {D.model_label(run)} · `{run.get('model')}`")
             st.caption(f"{same} of {len(idx)} neighbours share its class ({data.frame['true'].iloc[pos[0]]}); "
-                       f"{metric} distance {dist.min():.3g}–{dist.max():.3g}.")
+                       f"{metric} distance {dist.min():.3g}–{dist.max():.3g}; {search_note(how)}.")
             if D.is_random_stand_in(run):
                 st.caption("ℹ️ This generic checkpoint is the offline demo's random-init stand-in.")
             elif D.is_demo_generic(run):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from core.errors import UserError
+from core.analysis.knn import neighbours, sq_distances
 
 _CHUNK_ELEMENTS = 1 << 24  # distances held at once: 64 MB of float32
 
@@ -64,26 +65,16 @@ def _chunks(m: int, n: int):
         yield slice(start, min(m, start + step))
 
 
-def _sq_distances(Q: np.ndarray, X: np.ndarray, x_norms: np.ndarray) -> np.ndarray:
-    D = Q @ X.T
-    D *= -2
-    D += x_norms[None, :]
-    D += np.einsum("ij,ij->i", Q, Q)[:, None]
-    np.maximum(D, 0, out=D)
-    return D
-
-
 def exact_knn(X, k: int, queries=None) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest neighbours among the rows of ``X`` (float32, (n, d)).
 
     ``queries=None`` means every row of ``X``, each excluding itself. Returns
     ``(indices int64 (m, k), squared distances float32 (m, k))``, nearest first.
     Runs on the GPU when one is visible (TF32 products re-ranked in float32,
-    certified exact: see :mod:`core.analysis.knn`).
+    certified exact), else blocked BLAS products: see :mod:`core.analysis.knn`.
     """
-    from core.analysis.knn import knn
-
-    return knn(X, k, queries=queries)
+    idx, d2, _ = neighbours(X, k, queries=queries)
+    return idx, d2
 
 
 def _map_neighbours(Y: np.ndarray, k: int) -> np.ndarray:
@@ -124,7 +115,7 @@ def map_quality(X, Y, k: int = 10, max_points: int = 20_000, seed: int = 0) -> d
     penalty = 0.0
     for s in _chunks(len(queries), n):
         rows = queries[s]
-        D = _sq_distances(X[rows], X, x_norms)
+        D = sq_distances(X[rows], X, x_norms)
         D[np.arange(len(rows)), rows] = np.inf
         near_x = np.argpartition(D, k - 1, axis=1)[:, :k]
         nm = near_map[s]
