@@ -62,3 +62,20 @@ def test_the_relabelling_csv(cache):
     assert list(table.columns[:5]) == ["id", "given_label", "suggested_label", "score", "flagged"]
     assert len(table) == len(issues) and table["id"].astype(str).tolist() == issues["id"].astype(str).tolist()
     assert np.all(np.diff(table.loc[~table["flagged"], "score"].to_numpy()) <= 1e-9)  # most suspicious first
+
+
+@pytest.mark.slow
+def test_a_large_run_is_analysed_when_asked(cache, monkeypatch):
+    import dashboard.views.failures as F
+
+    monkeypatch.setattr(F, "COMPUTE_ON_VIEW", 10)  # the fixture's 300 galaxies count as large
+    from core.analysis.label_issues import cached_label_issues, label_issues_path
+
+    key = full_run(cache)["key"]
+    path, _ = label_issues_path(key, cache)
+    if path.exists():
+        path.unlink()
+    at = view(run_app(), "Failures")
+    assert "Analyse this run now" in [b.label for b in at.button]
+    assert f"python -m core failures --run {key}" in texts(at)
+    assert cached_label_issues(key, cache=cache) is None  # nothing computed behind the user's back

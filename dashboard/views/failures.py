@@ -28,6 +28,7 @@ from .bigmap import big_map, wants_big_map
 from .common import Context, gallery, guarded, mtime, on_map_select
 
 SUSPECTS_SHOWN = 16
+COMPUTE_ON_VIEW = 5_000  # galaxies analysed on first view; larger runs when asked
 
 
 @st.cache_data(show_spinner="Looking for suspicious labels (out-of-sample probes and neighbours)…", max_entries=8)
@@ -76,6 +77,24 @@ def suspects_csv(data: D.RunData, issues: pd.DataFrame, layer: str) -> bytes:
     return buf.getvalue().encode()
 
 
+def ready_or_asked(ctx: Context, what: str) -> bool:
+    """Small runs get their label-issue scores on first view; above ``COMPUTE_ON_VIEW`` galaxies they are
+    computed when asked, or ahead of time with the command shown."""
+    from core.analysis.label_issues import cached_label_issues
+
+    if ctx.data.n <= COMPUTE_ON_VIEW or cached_label_issues(ctx.run["key"], cache=ctx.cache) is not None:
+        return True
+    if st.session_state.get(f"failures_go_{ctx.run['key']}"):
+        return True
+    command = f"python -m core failures --run {ctx.run['key']} --cache {ctx.cache}"
+    st.info(f"This run has {ctx.data.n:,} galaxies: its out-of-sample probes take a while (minutes on a laptop "
+            f"CPU), so they run when you ask. Or run them ahead of time: `{command}`")
+    if st.button("Analyse this run now", key=f"failures-go-{what}"):
+        st.session_state[f"failures_go_{ctx.run['key']}"] = True
+        st.rerun()
+    return False
+
+
 def suspicious_labels(ctx: Context) -> None:
     st.subheader("Suspicious labels")
     st.caption("Galaxies whose given label disagrees with what the features say. Each galaxy is judged by "
@@ -83,6 +102,8 @@ def suspicious_labels(ctx: Context) -> None:
                "flagged when its given class is less likely than that class's own typical confidence "
                "(confident learning). Flagged galaxies are candidates for relabelling, not verdicts.")
     run = ctx.run
+    if not ready_or_asked(ctx, "suspects"):
+        return
     issues = _label_issues(str(ctx.cache), run["key"], mtime(run["path"]))
     flagged = issues[issues["flagged"]]
     st.markdown(f"**{len(flagged):,} of {len(issues):,} labels flagged** as probably wrong. "
