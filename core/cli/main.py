@@ -22,6 +22,7 @@ VERBS = {
     "demo": "core.cli.demo",
     "pretrain": "core.cli.pretrain",
     "anomalies": "core.cli.anomalies",
+    "failures": "core.cli.failures",
 }
 
 

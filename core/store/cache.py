@@ -13,6 +13,8 @@ Layout under the cache folder (``--cache DIR``, else ``$EXPLORER_CACHE``, else
     attention/<key>.npz         attention maps of one galaxy x checkpoint
     indexes/<key>.faiss         a nearest-neighbour index of one features run (+ <key>.json: parameters,
                                 recall@10, checksum; see core.analysis.knn_index)
+    anomalies/<key>.parquet     outlier scores of a features run
+    label_issues/<key>.parquet  suspicious labels of a features run (core.analysis.label_issues)
 
 Every parquet carries its provenance as JSON under the key-value metadata key
 ``explorer``. Files are written to ``.<name>.tmp-<pid>`` and renamed, so a
@@ -69,13 +71,13 @@ def verify(path) -> str | None:
 def list_runs(cache=None) -> list[dict]:
     """Every complete cached artefact with its provenance, path, size and kind.
 
-    Features, projections, per-layer features and outlier scores come from their parquet
+    Features, projections, per-layer features, outlier scores and suspicious labels come from their parquet
     footers, evaluations from their JSON; incomplete or corrupt files are left out.
     """
     cache = cache_dir(cache)
     runs = []
     for kind, label in (("features", "features"), ("projections", "projection"), ("layers", "layers"),
-                        ("anomalies", "anomalies")):
+                        ("anomalies", "anomalies"), ("label_issues", "label_issues")):
         for p in sorted((cache / kind).glob("*.parquet")):
             if p.name.startswith("."):
                 continue
