@@ -51,34 +51,38 @@ def _check(X, y) -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
-def _fit_probe(X, y, n_classes: int, l2: float, steps: int = 60):
-    """Multinomial logistic regression on standardised X (full-batch L-BFGS in torch):
-    returns a function rows -> probabilities."""
-    import torch
+def _fit_probe(X, y, n_classes: int, l2: float, steps: int = 100, init=None):
+    """Multinomial logistic regression on standardised X (scipy's L-BFGS, float32 products):
+    returns (function rows -> probabilities, the solution to warm-start the next fold from)."""
+    from scipy.optimize import minimize
 
-    Xt = torch.from_numpy(X)
-    mean, std = Xt.mean(0), Xt.std(0)
+    mean, std = X.mean(0), X.std(0)
     std[std < 1e-6] = 1.0
-    Z = (Xt - mean) / std
-    target = torch.from_numpy(y)
-    W = torch.zeros((X.shape[1], n_classes), requires_grad=True)
-    b = torch.zeros(n_classes, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], lr=1, max_iter=steps, history_size=20, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-6, tolerance_change=1e-9)
+    Z = ((X - mean) / std).astype(np.float32)
+    n, d = Z.shape
+    Y = np.zeros((n, n_classes), np.float32)
+    Y[np.arange(n), y] = 1
 
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(Z @ W + b, target) + 0.5 * l2 * (W * W).sum()
-        loss.backward()
-        return loss
+    def loss_grad(w):
+        W, b = w[:-n_classes].reshape(d, n_classes).astype(np.float32), w[-n_classes:].astype(np.float32)
+        S = Z @ W + b
+        S -= S.max(1, keepdims=True)
+        E = np.exp(S)
+        total = E.sum(1, keepdims=True)
+        loss = (np.log(total).sum() - (S * Y).sum()) / n + 0.5 * l2 * float((W * W).sum())
+        G = (E / total - Y) / n
+        return float(loss), np.concatenate([(Z.T @ G + l2 * W).ravel(), G.sum(0)]).astype(np.float64)
 
-    opt.step(closure)
-    W, b = W.detach(), b.detach()
+    w0 = np.zeros(d * n_classes + n_classes) if init is None else init
+    w = minimize(loss_grad, w0, jac=True, method="L-BFGS-B", options={"maxiter": steps}).x
+    W, b = w[:-n_classes].reshape(d, n_classes).astype(np.float32), w[-n_classes:].astype(np.float32)
 
     def predict(Q):
-        with torch.no_grad():
-            return torch.softmax(((torch.from_numpy(Q) - mean) / std) @ W + b, 1).numpy().astype(np.float64)
-    return predict
+        S = ((np.asarray(Q, np.float32) - mean) / std) @ W + b
+        S -= S.max(1, keepdims=True)
+        E = np.exp(S)
+        return (E / E.sum(1, keepdims=True)).astype(np.float64)
+    return predict, w
 
 
 def folds_of(y, folds: int, seed: int) -> np.ndarray:
@@ -100,10 +104,12 @@ def probe_probs(X, y, n_classes: int, folds: int = 5, l2: float = 1e-2, seed: in
     keep = np.ones(len(y), bool) if keep is None else np.asarray(keep, bool)
     fold = folds_of(y, folds, seed)
     P = np.zeros((len(y), n_classes))
+    w = None
     for f in range(folds):
         train = (fold != f) & keep
         held = fold == f
-        predict = _fit_probe(X[train], y[train], n_classes, l2)
+        # folds share most of their galaxies: each starts from the last one's solution (~3x fewer steps)
+        predict, w = _fit_probe(X[train], y[train], n_classes, l2, steps=100 if w is None else 40, init=w)
         P[held] = predict(X[held])
     return P
 

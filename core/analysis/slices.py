@@ -27,7 +27,7 @@ import pandas as pd
 from core.errors import UserError
 
 DEFAULTS = {"bins": 32, "max_slices": 10, "min_size": 5, "alpha": 0.05}
-MAP_NEIGHBOURS = (10, 20, 40, 80, 160, 320)
+MAP_NEIGHBOURS = (10, 15, 20, 30, 40, 60, 80, 120, 160, 240, 320)
 MAX_CENTRES = 600
 SKIP_COLUMNS = {"true_label", "label", "row", "id"}  # the synthetic truth is not a slice
 UNITS = {"_deg": "°", "_px": " px", "_arcsec": "″"}
@@ -257,7 +257,8 @@ def run_errors(run: dict, rows: pd.DataFrame, cache=None) -> tuple[np.ndarray, n
 
 
 def run_metadata(run: dict, ids) -> pd.DataFrame:
-    """The dataset's metadata columns aligned to ``ids`` (empty frame when there are none)."""
+    """The dataset's metadata columns aligned to ``ids`` (empty frame when there are none), for
+    features files that do not carry them as ``meta_*`` columns."""
     from core.data.sources import open_dataset
 
     try:
@@ -301,13 +302,18 @@ def failure_slices(run_key: str, cache=None, map_key: str | None = None, progres
     from core.store import cache as store
 
     run = features_run(run_key, cache)
-    cols = [c for c in ("pred", "confidence", "split") if c in store.read_schema(run["path"]).names]
+    names = store.read_schema(run["path"]).names
+    cols = [c for c in names if c in ("pred", "confidence", "split") or c.startswith("meta_")]
     rows, _ = load_features(run, tuple(cols))
     if progress:
         (progress if callable(progress) else print)(f"failure slices of {run_key}")
     have, wrong, judged = run_errors(run, rows, cache)
     ids = rows["id"].astype(str).to_numpy()
-    meta = run_metadata(run, ids)
+    carried = [c for c in rows.columns if c.startswith("meta_")]  # the metadata the features file carries
+    if carried:
+        meta = rows[carried].rename(columns=lambda c: c[len("meta_"):]).reset_index(drop=True)
+    else:
+        meta = run_metadata(run, ids)
     if "confidence" in rows.columns:
         meta["confidence"] = rows["confidence"].to_numpy(np.float64)
     xy_frame, used_map = run_map(run_key, cache, map_key)

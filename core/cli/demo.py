@@ -25,7 +25,7 @@ from core.store import cache as store
 from core.data.sources import open_dataset
 from core.errors import UserError
 
-DATASET = "synthetic:galaxy10?n=3000&size=64&seed=42"
+DATASET = "synthetic:galaxy10?n=3000&size=64&seed=42&label_noise=volunteer"  # given labels with volunteer-like noise
 EXAMPLES = store.REPO_ROOT.parent / "shared" / "data" / "galaxyzoo-decals-examples"
 RECIPE = 4  # bump when the demo's models or training change, so old demo checkpoints are rebuilt
 
