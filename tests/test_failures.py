@@ -155,6 +155,7 @@ def test_failures_json_shape_and_the_cache_is_reused(tmp_path, monkeypatch):
     monkeypatch.undo()
     out = _json(["failures", "--run", full["key"], "--cache", str(tmp_path), "--json"])
     assert all("test split" in s["judged"] for s in out["slices"])
+    assert 0 <= out["calibration"]["ece"] <= 1 and out["calibration"]["split"] == "test"
 
 
 def test_failures_errors_are_one_line(tmp_path, capsys):

@@ -167,9 +167,11 @@ def flag(y, P) -> np.ndarray:
 
 
 def find_issues(X, y, n_classes: int, folds: int = 5, k: int = 10, l2: float = 1e-2, rounds: int = 2,
-                seed: int = 0, progress=None) -> dict:
+                seed: int = 0, progress=None, probe=None) -> dict:
     """Suspicious labels of rows (X (n, d), y (n,) in 0..n_classes-1): a dict of arrays
-    ``score`` (0-1), ``suggested``, ``flagged`` and the probabilities ``probs`` (n, C)."""
+    ``score`` (0-1), ``suggested``, ``flagged`` and the probabilities ``probs`` (n, C).
+    ``probe``: the first round's out-of-sample probe probabilities when already computed
+    (``probe_probs`` with the same folds and seed), so a benchmark hands both methods the same ones."""
     X, y = _check(X, y)
     if len(y) < 2 * folds or len(np.unique(y)) < 2:
         raise UserError(f"label issues need at least {2 * folds} labelled galaxies of two classes or more; "
@@ -180,7 +182,8 @@ def find_issues(X, y, n_classes: int, folds: int = 5, k: int = 10, l2: float = 1
     keep = None
     for r in range(max(1, rounds)):
         say(f"out-of-sample linear probes, {folds} folds (round {r + 1})")
-        P = (probe_probs(X, y, n_classes, folds, l2, seed, keep) + P_knn) / 2
+        P_probe = probe if (r == 0 and probe is not None) else probe_probs(X, y, n_classes, folds, l2, seed, keep)
+        P = (P_probe + P_knn) / 2
         flagged = flag(y, P)
         keep = ~flagged
     score, suggested = label_scores(y, P)

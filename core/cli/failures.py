@@ -28,6 +28,20 @@ def _finite(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
+def _calibration(r: dict) -> dict | None:
+    """The run's calibration summary (core.analysis.calibration) when it has predictions."""
+    if not r.get("has_head"):
+        return None
+    from core.analysis.calibration import run_calibration
+
+    try:
+        c = run_calibration(r)
+    except UserError:
+        return None
+    return {k: c[k] for k in ("split", "galaxies", "accuracy", "mean_confidence", "ece", "verdict",
+                              "temperature_scaling") if k in c}
+
+
 def run(args) -> int:
     from core.analysis.label_issues import label_issues
     from core.analysis.maps.store import features_run, find_features
@@ -52,6 +66,9 @@ def run(args) -> int:
                                       "flagged": bool(f)} for i, g, s, c, f in
                                      issues[["id", "given", "suggested", "score", "flagged"]].itertuples(index=False)],
                "slices": [{k: _finite(v) for k, v in s.items() if k != "rows"} for s in slices]}
+        calibration = _calibration(r)
+        if calibration is not None:
+            out["calibration"] = calibration
         print(json.dumps(out, default=str))
         return 0
     flagged = issues[issues["flagged"]]
@@ -66,4 +83,7 @@ def run(args) -> int:
         print(f"failure slices ({slices[0]['judged']}), worst first:")
         for s in slices[: args.top]:
             print(f"  {s['description']}  (p = {s['p_value']:.2g})")
+    calibration = _calibration(r)
+    if calibration is not None:
+        print(f"calibration on the {calibration['split']} split: ECE {calibration['ece']:.3f}; {calibration['verdict']}")
     return 0
