@@ -40,7 +40,18 @@ def test_demo_builds_everything_the_dashboard_needs(demo_cache):
     f1_head = evals[synthetic["demo:head"]["key"]]["macro_f1"]
     # issue 10's targets (measured with 2 threads, bf16 on this CPU: head 0.726, full 0.875, generic kNN 0.736 and
     # 0.728 on the test split, README); the bounds leave room for float noise from other thread counts
-    assert f1_full >= 0.80, f1_full  # the full finetune genuinely learns
+    # the demo's given labels carry volunteer-like noise (core.data.synthetic: 228 of 3,000 swapped, the truth in
+    # meta_true_label), so the full finetune is judged against the true classes; the given-label F1 (the ΔF1 table,
+    # as in the paper) is capped by the noise. NOT re-measured since the noise landed (the shared machine was at
+    # load 20+): the bounds are estimates, 0.875 on clean labels minus ~7.6% noisy test labels.
+    from core.analysis.evaluation import classification_report
+
+    t = pq.read_table(synthetic["demo:full"]["path"], columns=["split", "pred", "meta_true_label"]).to_pandas()
+    t = t[t["split"] == "test"]
+    f1_true = classification_report(t["meta_true_label"].to_numpy(), t["pred"].to_numpy(),
+                                    synthetic["demo:full"]["class_names"])["macro_f1"]
+    assert f1_true >= 0.80, f1_true  # the full finetune genuinely learns the true classes
+    assert f1_full >= 0.72, f1_full
     assert f1_head >= 0.60, f1_head  # the self-supervised generic features already carry the classes
     assert 0.10 <= f1_full - f1_head <= 0.35, (f1_full, f1_head)  # the paper's DINOv2: 0.25
     summary = json.loads((cache / "evaluations" / "summary.json").read_text())
