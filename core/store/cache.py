@@ -15,6 +15,8 @@ Layout under the cache folder (``--cache DIR``, else ``$EXPLORER_CACHE``, else
     label_issues/<key>.parquet  suspicious labels of a features run (core.analysis.label_issues)
     indexes/<key>.faiss         a nearest-neighbour index of one features run (+ <key>.json: parameters,
                                 recall@10, checksum; see core.analysis.knn_index)
+    anomalies/<key>.parquet     outlier scores of a features run
+    label_issues/<key>.parquet  suspicious labels of a features run (core.analysis.label_issues)
 
 Every parquet carries its provenance as JSON under the key-value metadata key
 ``explorer``. Files are written to ``.<name>.tmp-<pid>`` and renamed, so a
