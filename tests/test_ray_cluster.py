@@ -6,6 +6,7 @@ are ended by id (those under its temp folder and their children) whatever happen
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -123,6 +124,21 @@ def _end(pids: set[int]) -> None:
         time.sleep(1.0)
 
 
+def _actor_on(raylet: int) -> bool:
+    """Whether a model actor (Ray Data's map worker) runs under this raylet."""
+    for d in Path("/proc").iterdir():
+        try:
+            stat = (d / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) != raylet:
+                continue
+            cmd = (d / "cmdline").read_bytes().decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+        if "MapWorker" in cmd or "RayExtractor" in cmd:
+            return True
+    return False
+
+
 @pytest.fixture
 def two_nodes(tmp_path):
     """A head and a second node, one CPU each, started with `ray start` as a user would; yields
@@ -141,30 +157,34 @@ def two_nodes(tmp_path):
         yield f"127.0.0.1:{port}", second, env
     finally:
         _end(_pids_under(str(temp)))
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.mark.slow
 def test_a_node_killed_mid_run_and_the_run_completes_on_the_other(tmp_path, checkpoints, two_nodes):
     address, second_raylet, env = two_nodes
-    dataset, model = "synthetic:galaxy10?n=1200&size=32", f"dir:{checkpoints['dinov2']}"
+    dataset, model = "synthetic:galaxy10?n=2400&size=64", f"dir:{checkpoints['dinov2']}"
     cmd = [sys.executable, "-m", "core", "extract", "--dataset", dataset, "--model", model, "--engine", "ray",
            "--address", address, "--shard-rows", "100", "--cache", str(tmp_path / "ray")]  # default actor sizes
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         t = time.time()
-        parts = []
-        while len(parts) < 2 and time.time() - t < 400 and proc.poll() is None:
-            parts = list((tmp_path / "ray" / "features").glob("*/part-*.parquet"))
+        while not _actor_on(second_raylet) and time.time() - t < 400 and proc.poll() is None:
             time.sleep(0.5)
-        assert len(parts) >= 2 and proc.poll() is None, "the run must be under way on both nodes"
+        assert _actor_on(second_raylet) and proc.poll() is None, "the run must be under way on both nodes"
+        time.sleep(3)  # the actor has its checkpoint and is working on its batches
+        assert not list((tmp_path / "ray" / "features").glob("*/_manifest.json")), "killed too late"
         os.kill(second_raylet, signal.SIGKILL)
         out, _ = proc.communicate(timeout=500)
     finally:
         if proc.poll() is None:
             proc.kill()
+    print(out)
     assert proc.returncode == 0, out[-3000:]
     assert "Traceback" not in out and "state-dump" not in out
-    assert "carrying on with the nodes that are left" in out
+    # the loss was seen (Ray's one line about the raylet, or ours when a pass is run again)
+    assert "Raylet is terminated" in out or "carrying on with the nodes that are left" in out
+    assert len(out.replace("\r", "\n").splitlines()) < 60
     assert "extract on ray (2 x cpu)" in out  # defaults: one 1-CPU actor per node, not one asking for 2 CPUs
 
     from core.extract.features import extract

@@ -74,7 +74,6 @@ def connect(address: str | None = None, num_cpus: int | None = None, object_stor
     if address:
         _reachable(address)
     logging.getLogger("ray").setLevel(logging.ERROR)
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")  # no C++ log lines on the driver's stderr
     if not address:  # Ray nices its workers (15) by default: on a busy machine they would starve
         os.environ.setdefault("RAY_worker_niceness", "0")
     env = {"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)}}
@@ -110,7 +109,8 @@ def _quiet_cluster_messages(ray) -> None:
     def first_lines_only(data, ignore_prefix):
         if data.get("pid") == "raylet":
             for line in data.get("lines") or []:
-                print(f"ray: {str(line).splitlines()[0][:200]}", file=sys.stderr)
+                first = (str(line).strip().splitlines() or [""])[0]
+                print(f"ray: {first.split('. Possible reasons')[0][:200]}", file=sys.stderr)
             return
         original(data, ignore_prefix)
 
@@ -243,9 +243,11 @@ def run_on_ray(job: Job, progress: bool = True, log=print, address: str | None =
             except Exception as e:
                 attempts += 1
                 if not _lost_resources(e) or attempts > MAX_ATTEMPTS:
-                    if _lost_resources(e):
-                        raise UserError(f"the Ray run lost its workers {attempts} times ({type(e).__name__}); "
-                                        "finished parts are kept: run the same command again to resume") from None
+                    if _lost_resources(e) or type(e).__module__.startswith("ray"):
+                        first = (str(e).strip().splitlines() or [""])[0][:160]
+                        raise UserError(f"the Ray run cannot go on ({type(e).__name__} after {attempts} "
+                                        f"attempt(s): {first}); finished parts are kept: run the same command "
+                                        "again once the cluster has nodes to resume it") from None
                     raise
                 log(f"a Ray node or worker was lost ({type(e).__name__}): finished parts are kept, "
                     f"carrying on with the nodes that are left (retry {attempts} of {MAX_ATTEMPTS})")
