@@ -70,6 +70,7 @@ def _png(rgb) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(1400, 1900), (2500, 5000)])
 def test_upload_embeds_as_extract_embeds_the_same_file_from_a_folder(tmp_path, checkpoints, shape):
     """A non-square, large upload (under, and beyond, the decode limit) gives the vector `extract`
