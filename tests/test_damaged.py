@@ -33,8 +33,10 @@ def _columns(n: int, seed: int = 0) -> dict:
 @pytest.fixture(scope="module")
 def intact(tmp_path_factory):
     """A cache with one file of each kind: features (single file), a sharded features run,
-    a map, outlier scores, per-layer features and an evaluation."""
+    a map, outlier scores, a kNN index, per-layer features and an evaluation."""
     from core.analysis.maps.store import get_projection
+    from core.analysis.knn_index import get_index
+    from core.analysis.maps.store import features_run
     from core.analysis.outliers import get_anomalies
 
     cache = tmp_path_factory.mktemp("intact")
@@ -49,6 +51,7 @@ def intact(tmp_path_factory):
     w.finish(prov)
     get_projection(run["key"], "pca", cache, progress=False)
     get_anomalies(run["key"], cache)
+    get_index(features_run(run["key"], cache), "cosine", cache)
     layers = pa.table({"row": np.arange(40), "b1": np.zeros(40, np.float32)})
     store.write_parquet(store.path_for(cache, "layers", run["key"]), layers,
                         {"kind": "layers", "features_run": run["key"], "unit": "block", "layers": [1],
@@ -67,13 +70,15 @@ def _damage(cache, kind: str):
         return "features", "5ba4dedf00000000"
     folder, label = {"features": ("features", "features"), "map": ("projections", "projection"),
                      "scores": ("anomalies", "anomalies"), "per-layer": ("layers", "layers"),
+                     "index": ("indexes", "knn-index"),
                      "evaluation": ("evaluations", "evaluation")}[kind]
-    (path,) = [p for p in (cache / folder).iterdir() if p.suffix in (".parquet", ".json") and p.is_file()]
+    (path,) = [p for p in (cache / folder).iterdir() if p.suffix in (".parquet", ".json", ".faiss") and p.is_file()
+               and not (p.suffix == ".json" and folder == "indexes")]
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     return label, path.stem
 
 
-KINDS = ["features", "sharded part", "map", "scores", "per-layer", "evaluation"]
+KINDS = ["features", "sharded part", "map", "scores", "index", "per-layer", "evaluation"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -107,7 +112,7 @@ def test_damaged_file_is_listed_verified_and_shown(tmp_path, intact, kind, capsy
     monkeypatch.setenv("EXPLORER_CACHE", str(cache))
     at = ok(AppTest.from_file(APP, default_timeout=60).run())
     (warning,) = [w.value for w in at.sidebar.warning]
-    assert "1 cached file damaged" in warning and key in warning and "python -m core" in warning
+    assert "1 cached file damaged" in warning and key in warning and bad["fix"] in warning
 
 
 def test_unfinished_sharded_run_is_named_but_not_damaged(tmp_path, intact, capsys):

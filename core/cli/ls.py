@@ -47,7 +47,7 @@ def _report_damaged(runs: list[dict]) -> None:
     for r in runs:
         if r.get("damaged"):
             state = "unfinished" if r.get("unfinished") else "damaged"
-            print(f"{state}: {r['path']} ({r['kind']} {r['key']}): {r['damaged']}; {r['fix']}", file=sys.stderr)
+            print(f"{state}: {r['path']} ({r['damaged']}); {r['fix']}", file=sys.stderr)
 
 
 def _blocks(layers) -> str:

@@ -94,7 +94,9 @@ def list_runs(cache=None) -> list[dict]:
         try:
             obj = json.loads(p.read_text())
         except Exception:
-            continue
+            continue  # listed by list_damaged
+        if obj.get("bytes") != index.stat().st_size:
+            continue  # truncated or rewritten: listed by list_damaged
         runs.append({**obj, "kind": "knn-index", "key": p.stem, "path": str(index), "bytes": index.stat().st_size})
     for p in sorted((cache / "evaluations").glob("*.json")):
         if p.name.startswith(".") or p.name == "summary.json":  # summary: the ΔF1 table, not a run
@@ -150,7 +152,7 @@ def list_damaged(cache=None, runs: list[dict] | None = None) -> list[dict]:
             meta = json.loads(p.read_text()) if p.suffix == ".json" else None
             why = ("its JSON (parameters, checksum) is missing" if meta is None else
                    "index file missing" if not index.exists() else
-                   f"{_size(index):,} bytes, its JSON says {meta.get('bytes'):,} (truncated?)"
+                   f"{_size(index):,} bytes, its JSON says {meta.get('bytes')} (truncated?)"
                    if meta.get("bytes") != _size(index) else None)
         except Exception as e:
             why = f"its JSON does not read back ({type(e).__name__})"
@@ -225,7 +227,7 @@ def repair_hint(entry: dict, pages: bool = False) -> str:
     if kind == "evaluation":
         return f"re-run `python -m core evaluate --run {key}`: it rewrites this evaluation"
     if kind == "knn-index":
-        return "the next neighbour search of its run rebuilds it (core.analysis.knn_index)"
+        return "the next search rebuilds it (a neighbour search of its run, in the dashboard or the CLI)"
     if pages:
         return f"delete {entry['path']}, then " + repair_hint(entry)
     if kind == "projection":
