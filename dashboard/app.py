@@ -28,7 +28,7 @@ from dashboard.views.find import find_view  # noqa: E402
 from dashboard.views.layers import layers_view  # noqa: E402
 from dashboard.views.map import map_view  # noqa: E402
 from dashboard.views.neighbours import neighbours_view  # noqa: E402
-from dashboard.views.sidebar import sidebar  # noqa: E402
+from dashboard.views.sidebar import damaged_notice, sidebar  # noqa: E402
 from dashboard.views.unusual import unusual_view  # noqa: E402
 
 VIEWS = {"Map": map_view, "Confusion": confusion_view, "Failures": failures_view, "Compare": compare_view,
@@ -70,6 +70,7 @@ def main() -> None:
     cache = cache_from_args()
     catalog = load_catalog(cache)
     if not catalog:
+        damaged_notice(catalog)
         empty_page(cache)
         return
     ctx = sidebar(cache, catalog)

@@ -84,10 +84,11 @@ class Catalog:
     features: list[dict] = field(default_factory=list)
     projections: list[dict] = field(default_factory=list)
     evaluations: list[dict] = field(default_factory=list)
+    damaged: list[dict] = field(default_factory=list)  # core.store.cache.list_damaged: shown, never dropped
 
     @classmethod
-    def from_runs(cls, runs: list[dict]) -> "Catalog":
-        cat = cls()
+    def from_runs(cls, runs: list[dict], damaged: list[dict] | None = None) -> "Catalog":
+        cat = cls(damaged=list(damaged or []))
         for r in runs:
             {"features": cat.features, "projection": cat.projections,
              "evaluation": cat.evaluations}.get(r.get("kind"), []).append(r)
@@ -95,6 +96,16 @@ class Catalog:
 
     def __bool__(self) -> bool:
         return bool(self.features)
+
+    def damaged_lines(self) -> list[str]:
+        """One Markdown line per damaged or unfinished file: what it is, why, and the fix."""
+        lines = []
+        for d in self.damaged:
+            what = " · ".join(f"`{d[k]}`" for k in ("dataset", "model") if d.get(k))
+            state = "unfinished" if d.get("unfinished") else "damaged"
+            lines.append(f"- {d['kind']} `{d['key']}` {state}" + (f" ({what})" if what else "")
+                         + f": {d['damaged']}. To recompute: {d['fix']}")
+        return lines
 
     def datasets(self) -> dict[str, str]:
         """label -> dataset reference; datasets with predictions and more galaxies first."""

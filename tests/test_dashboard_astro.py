@@ -141,8 +141,12 @@ def test_find_by_id_and_by_position_with_separation_and_warning(sky_cache):
 @pytest.mark.slow
 def test_upload_finds_the_same_galaxy_in_both_spaces(sky_cache):
     at = app(state={"view": "Find", "find_by": "image"})
-    at.file_uploader(key="find_upload").set_value(("mine.png", png(sky_cache["images"][7]), "image/png"))
+    name = "`mine` *7* $x$.png"  # shown as typed, not as code, italics and maths
+    at.file_uploader(key="find_upload").set_value((name, png(sky_cache["images"][7]), "image/png"))
     at = ok(at.run())
+    assert any(t.value.startswith(name + " · ") for t in at.text)
+    assert not any("mine" in str(m.value) for m in [*at.markdown, *at.caption])
+    assert any("at most 2 uploads are worked on at once" in str(c.value) for c in at.caption)
     md = texts(at)
     assert "**generic** · DINOv2" in md and "**full finetune** · DINOv2" in md and "**generic** · ViT" in md
     first_cards = [c.value for c in at.caption if "similarity" in str(c.value) and "**g10-" in str(c.value)]
@@ -150,9 +154,10 @@ def test_upload_finds_the_same_galaxy_in_both_spaces(sky_cache):
     # itself, with similarity 1, in each of the three spaces (DINOv2 generic, full, and ViT on one screen)
     assert sum("**g10-00007**" in c and "**similarity 1.0000**" in c for c in first_cards) == 3
     assert any("Least similar" in e.label for e in at.expander)
-    at.file_uploader(key="find_upload").set_value(("broken.png", b"not an image", "image/png"))
+    at.file_uploader(key="find_upload").set_value(("*broken*.png", b"not an image", "image/png"))
     at.run()
     assert not at.exception and at.error and "not an image this app can read" in at.error[0].value
+    assert at.error[0].value.startswith("\\*broken\\*\\.png is not")  # escaped: no italics
 
 
 @pytest.mark.slow

@@ -30,6 +30,8 @@ NOT_HERE = {
     "bash bench/gpu_session.sh": "needs a CUDA GPU",
     "ray start": "starts a Ray cluster node (tests/test_ray.py runs a local cluster)",
     "ray stop": "stops a Ray cluster node",
+    "ray get-auth-token": "writes the user's ~/.ray/auth_token (tests/test_ray_cluster.py starts a real cluster)",
+    "export RAY_AUTH_MODE": "changes the shell (the recipe is checked by hand: docs/SCALE.md)",
     "pip install": "changes the environment",
     ". .venv/bin/activate": "changes the shell",
     "time python -m core demo": "minutes on a fresh cache: tests/test_demo.py builds the demo",

@@ -47,9 +47,9 @@ def add_parser(sub):
     g.add_argument("--engine", default="local", choices=ENGINES,
                    help="local: threads in this process; ray: Ray Data actors on a local or existing cluster")
     g.add_argument("--address", help="Ray cluster to join (e.g. ray://head:10001 or auto); default: start a local one")
-    g.add_argument("--workers", type=int, help="Ray: model actors (default: one per GPU, else 1)")
+    g.add_argument("--workers", type=int, help="Ray: model actors (default: one per GPU, else one per node)")
     g.add_argument("--gpus-per-worker", type=float, help="Ray: GPUs per actor (default 1 when the cluster has GPUs)")
-    g.add_argument("--cpus-per-worker", type=float, help="Ray: CPUs per actor (default: all on CPU-only clusters)")
+    g.add_argument("--cpus-per-worker", type=float, help="Ray: CPUs per actor (default: all of the smallest node's on CPU-only clusters)")
     p.set_defaults(func=_run)
 
 

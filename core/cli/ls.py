@@ -12,7 +12,8 @@ def add_parser(sub):
     p = sub.add_parser("ls", help="list cached features, projections, per-layer features, outlier scores "
                        "and evaluations",
                        description="List every complete cached run with its path, dataset, checkpoint, "
-                       "mode, pooling, rows, embedding dim and size on disk.")
+                       "mode, pooling, rows, embedding dim and size on disk, and every damaged or unfinished "
+                       "file with the command that recomputes it.")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON (a list of objects)")
     p.add_argument("--cache", help="cache folder (default: $EXPLORER_CACHE or ./cache)")
     p.add_argument("--verify", action="store_true",
@@ -28,7 +29,7 @@ def _size(n: int) -> str:
 
 
 def _verify(runs: list[dict]) -> int:
-    """Check every features and projection run page by page; print the damaged ones."""
+    """Check every parquet run page by page; mark the damaged ones (they stay listed, as damaged)."""
     damaged = 0
     for r in runs:
         if r["kind"] == "evaluation":
@@ -37,9 +38,16 @@ def _verify(runs: list[dict]) -> int:
         r["verified"] = problem is None
         if problem:
             damaged += 1
-            fix = "the next search rebuilds it" if r["kind"] == "knn-index" else "`extract --verify` recomputes it"
-            print(f"damaged: {r['path']} ({problem}); {fix}", file=sys.stderr)
+            r["damaged"] = problem
+            r["fix"] = store.repair_hint(r, pages=True)
     return damaged
+
+
+def _report_damaged(runs: list[dict]) -> None:
+    for r in runs:
+        if r.get("damaged"):
+            state = "unfinished" if r.get("unfinished") else "damaged"
+            print(f"{state}: {r['path']} ({r['damaged']}); {r['fix']}", file=sys.stderr)
 
 
 def _blocks(layers) -> str:
@@ -51,11 +59,15 @@ def _blocks(layers) -> str:
 
 def run(args) -> int:
     runs = store.list_runs(args.cache)
-    damaged = _verify(runs) if getattr(args, "verify", False) else 0
+    verify = getattr(args, "verify", False)
+    damaged = _verify(runs) if verify else 0
+    broken = store.list_damaged(args.cache, runs)  # files that do not read back: listed, never dropped
+    damaged += sum(not b.get("unfinished") for b in broken)
+    status = 1 if damaged and verify else 0
     if args.json:
-        print(json.dumps(runs, indent=1, default=str))
-        return 1 if damaged else 0
-    if not runs:
+        print(json.dumps(runs + broken, indent=1, default=str))
+        return status
+    if not runs and not broken:
         print(f"cache {store.cache_dir(args.cache)} is empty: build the demo with `python -m core demo`")
         return 0
     rows = []
@@ -87,10 +99,20 @@ def run(args) -> int:
         else:
             what = f"evaluation of {r.get('features_run')}  macro F1 {r.get('macro_f1')}"
             shape = ""
+        if r.get("damaged"):
+            what = f"DAMAGED ({r['damaged']}): {what}"
         rows.append((r["kind"], r["key"], shape, _size(r["bytes"]), what))
+    for b in broken:
+        state = "UNFINISHED" if b.get("unfinished") else "DAMAGED"
+        rows.append((b["kind"], b["key"], "?", _size(b["bytes"]), f"{state} ({b['damaged']}): {b['fix']}"))
     widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
-    if getattr(args, "verify", False):
-        print(f"verified: {len(runs) - damaged} intact, {damaged} damaged", file=sys.stderr)
-    return 1 if damaged else 0
+    if verify:
+        _report_damaged(runs + broken)
+        intact = sum(not r.get("damaged") for r in runs)
+        print(f"verified: {intact} intact, {damaged} damaged", file=sys.stderr)
+    elif damaged:
+        print(f"{damaged} damaged file(s): each is named above with the command that recomputes it "
+              "(`python -m core ls --verify` also reads every page)", file=sys.stderr)
+    return status

@@ -157,6 +157,37 @@ def to_rgb_uint8(img) -> np.ndarray:
     return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
+MAX_SIDE = 2048  # images decoded for a model keep at most this many pixels on their longer side
+_REDUCIBLE = ("L", "RGB", "RGBA", "LA", "I", "F")
+
+
+def decode_image(img) -> np.ndarray:
+    """uint8 (h, w, 3) RGB of an opened (not yet loaded) PIL image, as a model is fed it: the
+    original, or, when its longer side exceeds ``MAX_SIDE``, shrunk by an integer factor as it is
+    decoded (a JPEG at 1/2-1/8 scale by the decoder, anything else box-averaged by
+    ``Image.reduce``), so a 12,000 x 12,000 image never becomes a full-size RGB array or tensor.
+    Images up to ``MAX_SIDE`` are the originals: the model's preprocessing resamples them once.
+    `extract` (``folder:`` and FITS sources) and an upload in the dashboard both read through
+    here, so they embed the same pixels."""
+    from PIL import Image
+
+    w, h = img.size
+    if w == 0 or h == 0:
+        raise ValueError("zero-size image")
+    if max(w, h) <= MAX_SIDE:
+        return to_rgb_uint8(img)
+    factor = -(-max(w, h) // MAX_SIDE)
+    if img.format == "JPEG":
+        img.draft(img.mode if img.mode in ("L", "RGB") else "RGB", (max(1, w // factor), max(1, h // factor)))
+        factor = -(-max(img.size) // MAX_SIDE)
+    img.load()
+    if factor > 1:
+        if img.mode not in _REDUCIBLE:
+            img = Image.fromarray(to_rgb_uint8(img))
+        img = img.reduce(factor)
+    return to_rgb_uint8(img)
+
+
 def resize_square(arr: np.ndarray, size: int) -> np.ndarray:
     """Resize a uint8 (h, w, 3) image to (size, size, 3), bilinear with antialiasing."""
     if arr.shape[0] == size and arr.shape[1] == size:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from core.data.base import Dataset, SourceError, resize_square
+from core.data.base import MAX_SIDE, Dataset, SourceError, resize_square
 
 SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz", ".fits.fz")
 LEGACY_SCALES = {"g": (2, 6.0), "r": (1, 3.4), "i": (0, 3.0), "z": (0, 2.2)}  # band -> (RGB plane, scale)
@@ -61,13 +61,29 @@ def lupton_rgb(planes: np.ndarray, bands, stretch: float = 0.5, Q: float = 8.0, 
         return make_lupton_rgb(red, green, blue, minimum=minimum, stretch=stretch, Q=Q)
 
 
+def shrink_planes(planes: np.ndarray) -> np.ndarray:
+    """(3, H, W) fluxes as a model is fed them: unchanged up to ``MAX_SIDE`` pixels on the longer
+    side, else block-averaged by the smallest integer factor that fits (as ``base.decode_image``
+    shrinks a large PNG), in float32, before the colour scheme's float64 arrays are made."""
+    h, w = planes.shape[-2:]
+    f = -(-max(h, w) // MAX_SIDE)
+    if f <= 1:
+        return planes
+    h2, w2 = h // f, w // f
+    out = np.empty(planes.shape[:-2] + (h2, w2), np.float32)
+    for i, p in enumerate(planes):  # plane by plane: no float64 copy of the full cube
+        out[i] = np.nan_to_num(np.asarray(p[: h2 * f, : w2 * f], np.float32), nan=0.0, posinf=0.0,
+                               neginf=0.0).reshape(h2, f, w2, f).mean((1, 3))
+    return out
+
+
 class FitsDataset(Dataset):
     galaxies: list  # [(files, bands)] aligned with rows
     recipe: dict
 
     def image(self, i: int) -> np.ndarray:
         files, bands = self.galaxies[int(i)]
-        planes = _read_planes(files)
+        planes = shrink_planes(_read_planes(files))
         params = {k: v for k, v in self.recipe.items() if k != "rgb"}
         convert = legacy_rgb if self.recipe["rgb"] == "legacy" else lupton_rgb
         return convert(planes, bands, **params)

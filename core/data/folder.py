@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from core.data.sky import map_columns
-from core.data.base import GALAXY10_CLASSES, Dataset, SourceError, resize_square, to_rgb_uint8
+from core.data.base import GALAXY10_CLASSES, Dataset, SourceError, decode_image, resize_square, to_rgb_uint8
 
 
 class FolderDataset(Dataset):
@@ -38,9 +38,7 @@ class FolderDataset(Dataset):
         from PIL import Image
 
         with Image.open(self.files[int(i)]) as img:
-            if img.width == 0 or img.height == 0:
-                raise ValueError("zero-size image")
-            return to_rgb_uint8(img)
+            return decode_image(img)  # the original, shrunk as decoded only beyond base.MAX_SIDE
 
 
 def _check_file(path: Path) -> tuple[str | None, str]:

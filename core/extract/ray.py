@@ -23,6 +23,7 @@ import os
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 import pyarrow as pa
@@ -45,12 +46,33 @@ def _import_ray():
     return ray
 
 
+def _reachable(address: str, timeout: float = 5.0) -> None:
+    """A UserError within ``timeout`` seconds when nothing listens at ``address`` (``host:port`` or
+    ``ray://host:port``); Ray itself would retry its connection for many minutes."""
+    import socket
+
+    if address == "auto" or address.startswith(("local", "anyscale://")):
+        return
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address}: expected HOST:PORT (e.g. 10.0.0.1:6379) or ray://HOST:10001")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise UserError(f"no Ray cluster answers at {address} ({e.strerror or type(e).__name__}): start one with "
+                        "`ray start --head` there, or check the address and port") from None
+
+
 def connect(address: str | None = None, num_cpus: int | None = None, object_store_mb: int | None = None):
     """Join the cluster at ``address``, or start a local one (no dashboard). Returns the
-    ray module. Reuses a connection this process already has (tests share one cluster)."""
+    ray module. Reuses a connection this process already has (tests share one cluster).
+    An address where nothing listens fails within seconds, with one line."""
     ray = _import_ray()
     if ray.is_initialized():
         return ray
+    if address:
+        _reachable(address)
     logging.getLogger("ray").setLevel(logging.ERROR)
     if not address:  # Ray nices its workers (15) by default: on a busy machine they would starve
         os.environ.setdefault("RAY_worker_niceness", "0")
@@ -63,11 +85,37 @@ def connect(address: str | None = None, num_cpus: int | None = None, object_stor
         else:
             ray.init(num_cpus=num_cpus, object_store_memory=(object_store_mb << 20) if object_store_mb else None,
                      **kw)
-    except (ConnectionError, RuntimeError, ValueError) as e:
+    except Exception as e:  # ConnectionError, RuntimeError, ValueError, ray's AuthenticationError...
+        if "Authentication" in type(e).__name__ or "auth" in str(e).lower()[:200]:
+            raise UserError(f"the Ray cluster at {address} uses token authentication and this process has no "
+                            "token: export RAY_AUTH_MODE=token with the cluster's ~/.ray/auth_token "
+                            "(docs/SCALE.md)") from None
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         raise UserError(f"could not start or join {where} ({str(e).splitlines()[0][:160]}): check --address, "
                         "or start one with `ray start --head`") from None
+    _quiet_cluster_messages(ray)
     return ray
+
+
+def _quiet_cluster_messages(ray) -> None:
+    """A lost node makes Ray print its last raylet log lines (~40 lines) on the driver's stdout;
+    keep the first line of each such message, on stderr. Ray Data's own execution log (with the
+    traceback of a failed pass that run_on_ray retries) is kept to its log file."""
+    import ray._private.worker as rw
+
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+    original = getattr(rw.print_to_stdstream, "__wrapped__", rw.print_to_stdstream)
+
+    def first_lines_only(data, ignore_prefix):
+        if data.get("pid") == "raylet":
+            for line in data.get("lines") or []:
+                first = (str(line).strip().splitlines() or [""])[0]
+                print(f"ray: {first.split('. Possible reasons')[0][:200]}", file=sys.stderr)
+            return
+        original(data, ignore_prefix)
+
+    first_lines_only.__wrapped__ = original
+    rw.print_to_stdstream = first_lines_only
 
 
 class _RayExtractor:
@@ -110,19 +158,64 @@ class _RayExtractor:
         return pa.Table.from_arrays(cols, schema=schema)
 
 
+def _alive_nodes(ray) -> list[dict]:
+    """The resources of each node that is alive now."""
+    return [n.get("Resources") or {} for n in ray.nodes() if n.get("Alive")]
+
+
 def _resources(ray, device: str, workers, gpus_per_worker, cpus_per_worker) -> tuple[str, int, dict]:
-    """(device the actors use, number of actors, Ray resources per actor)."""
-    total = ray.cluster_resources()
-    gpus, cpus = int(total.get("GPU", 0)), int(total.get("CPU", 1))
+    """(device the actors use, number of actors, Ray resources per actor), sized to fit the nodes
+    that are alive: by default one actor per GPU, or on a CPU-only cluster one actor per node,
+    each asking for no more CPUs than the smallest such node has (an actor never asks for more
+    than one node holds, which would wait forever)."""
+    nodes = _alive_nodes(ray)
+    gpus = int(sum(n.get("GPU", 0) for n in nodes))
+    node_cpus = [int(n.get("CPU", 0)) for n in nodes if n.get("CPU", 0) >= 1]
+    if not node_cpus and not gpus:
+        raise UserError("the Ray cluster has no node with a CPU or GPU left to run on")
     if device == "cuda" and not gpus:
         raise UserError("--device cuda asked for, but the Ray cluster has no GPU: use --device cpu or auto")
     use_gpu = device != "cpu" and (gpus > 0 or bool(gpus_per_worker))
+    biggest = max(node_cpus or [1])
     if use_gpu:
         per = gpus_per_worker or 1.0
         n = workers or max(1, int(gpus // per))
-        return "cuda", n, {"num_gpus": per, "num_cpus": cpus_per_worker or max(1, cpus // max(n, 1) // 2)}
-    n = workers or 1
-    return "cpu", n, {"num_cpus": cpus_per_worker or max(1, cpus // n)}
+        cpus = sum(node_cpus) or 1
+        return "cuda", n, {"num_gpus": per, "num_cpus": cpus_per_worker or max(1, min(biggest, cpus // max(n, 1) // 2))}
+    if workers:
+        per = cpus_per_worker or max(1, min(biggest, sum(node_cpus) // workers))
+        return "cpu", workers, {"num_cpus": per}
+    if cpus_per_worker:
+        return "cpu", max(1, sum(c // cpus_per_worker for c in node_cpus) or 1), {"num_cpus": cpus_per_worker}
+    return "cpu", len(node_cpus), {"num_cpus": min(node_cpus)}
+
+
+_LOST = ("ActorDiedError", "ActorUnavailableError", "NodeDiedError", "ObjectLostError", "OwnerDiedError",
+         "WorkerCrashedError", "ObjectReconstructionFailedError", "ObjectFetchTimedOutError",
+         "RaySystemError", "LocalRayletDiedError", "ActorUnschedulableError")
+
+
+def _lost_resources(e: BaseException) -> bool:
+    """Whether an error means part of the cluster went away (a node, an actor, an object), as
+    opposed to an error in the work itself: then the run is retried on what is left."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        names = {t.__name__ for t in type(e).__mro__}
+        if names & set(_LOST) or any(n in str(e)[:2000] for n in _LOST):
+            return True
+        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
+    return False
+
+
+def _settle(ray, alive_before: int, log, wait_s: float = 45.0) -> None:
+    """After a loss: wait until Ray marks the lost node dead (so no new actor is placed there),
+    or ``wait_s`` seconds when no node is lost (a worker process died, not a node)."""
+    t = time.time()
+    while time.time() - t < wait_s:
+        if len(_alive_nodes(ray)) < alive_before:
+            return
+        time.sleep(1.0)
 
 
 def run_on_ray(job: Job, progress: bool = True, log=print, address: str | None = None, workers: int | None = None,
@@ -134,15 +227,46 @@ def run_on_ray(job: Job, progress: bool = True, log=print, address: str | None =
     ``object_store_mb``) and, with ``shutdown``, stopped at the end. ``workers``: model
     actors (default one per GPU, else 1); ``gpus_per_worker`` / ``cpus_per_worker``: what
     each actor reserves."""
-    from tqdm.auto import tqdm
-
     t0 = time.time()
     ray = _import_ray()
     started_here = not ray.is_initialized()
     ray = connect(address, num_cpus, object_store_mb)
+    attempts, wanted = 0, job.device
+    try:
+        while True:
+            alive = len(_alive_nodes(ray))
+            try:
+                return _run_once(ray, job, wanted, progress, log, address, workers, gpus_per_worker,
+                                 cpus_per_worker, t0)
+            except UserError:
+                raise
+            except Exception as e:
+                attempts += 1
+                if not _lost_resources(e) or attempts > MAX_ATTEMPTS:
+                    if _lost_resources(e) or type(e).__module__.startswith("ray"):
+                        first = (str(e).strip().splitlines() or [""])[0][:160]
+                        raise UserError(f"the Ray run cannot go on ({type(e).__name__} after {attempts} "
+                                        f"attempt(s): {first}); finished parts are kept: run the same command "
+                                        "again once the cluster has nodes to resume it") from None
+                    raise
+                log(f"a Ray node or worker was lost ({type(e).__name__}): finished parts are kept, "
+                    f"carrying on with the nodes that are left (retry {attempts} of {MAX_ATTEMPTS})")
+                _settle(ray, alive, log)
+    finally:
+        if started_here and not address and shutdown:
+            ray.shutdown()
+
+
+MAX_ATTEMPTS = 4  # whole-pipeline retries after a lost node (Ray Data restarts actors and retries tasks first)
+
+
+def _run_once(ray, job: Job, wanted: str, progress, log, address, workers, gpus_per_worker, cpus_per_worker,
+              t0: float) -> dict:
+    """One pass of the pipeline over the parts still to do."""
+    from tqdm.auto import tqdm
     import ray.data as rd
 
-    device, n_actors, resources = _resources(ray, job.device, workers, gpus_per_worker, cpus_per_worker)
+    device, n_actors, resources = _resources(ray, wanted, workers, gpus_per_worker, cpus_per_worker)
     job.device = device
     job.batch_size = job.batch_size or (256 if device == "cuda" else 64)
     prov = _driver_provenance(job)
@@ -163,12 +287,16 @@ def run_on_ray(job: Job, progress: bool = True, log=print, address: str | None =
     try:
         if items:
             data = rd.from_items(items, override_num_blocks=min(len(items), 4 * n_actors * loaders))
-            out = data.map_batches(
-                _RayExtractor, fn_constructor_args=(job, threads), batch_size=1, batch_format="numpy",
-                compute=rd.ActorPoolStrategy(size=n_actors, max_concurrent_calls_per_actor=loaders,
-                                             max_tasks_in_flight_per_actor=2 * loaders),
-                max_restarts=0,  # a lost worker fails the run; running it again resumes it
-                **resources)
+            with warnings.catch_warnings():  # max_restarts travels as a Ray remote arg (deprecated form)
+                warnings.simplefilter("ignore")
+                out = data.map_batches(
+                    _RayExtractor, fn_constructor_args=(job, threads), batch_size=1, batch_format="numpy",
+                    compute=rd.ActorPoolStrategy(size=n_actors, max_concurrent_calls_per_actor=loaders,
+                                                 max_tasks_in_flight_per_actor=2 * loaders),
+                    # a lost actor fails this pass at once (a restarted one could wait forever for the
+                    # CPUs of a dead node); run_on_ray then runs the parts not yet written again, with
+                    # actors sized to the nodes that are left
+                    max_restarts=0, **resources)
             for table in out.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2):
                 done = _write_batch(writer, prov, table)
                 bar.update(done)
@@ -177,8 +305,6 @@ def run_on_ray(job: Job, progress: bool = True, log=print, address: str | None =
         raise
     finally:
         bar.close()
-        if started_here and not address and shutdown:
-            ray.shutdown()
     prov["ray"] = {"actors": n_actors, "device": device, "resources": resources, "address": address or "local",
                    "startup_seconds": round(t_started - t0, 3)}
     return finish(writer, prov, t0, t_started, n_todo, log, engine="ray")

@@ -135,6 +135,49 @@ def list_sharded(features_dir) -> list[dict]:
     return runs
 
 
+def damaged(folder) -> str | None:
+    """Why a sharded run folder does not read back as complete (a part missing, truncated
+    or of the wrong size; an unreadable manifest), or None when its quick check passes.
+    A folder without a manifest is an unfinished run (interrupted, or still running)."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).exists():
+        n = len([p for p in folder.glob("part-*.parquet")])
+        return f"unfinished: no {MANIFEST}, {n} part(s) written (an interrupted or running extract)"
+    m = manifest(folder)
+    if m is None:
+        return f"{MANIFEST} unreadable"
+    if quick_check(folder) is not None:
+        return None
+    for p in m["parts"]:
+        f = folder / p["file"]
+        if not f.exists():
+            return f"{p['file']} is missing"
+        if f.stat().st_size != p["bytes"]:
+            return f"{p['file']} is {f.stat().st_size:,} bytes, the manifest says {p['bytes']:,} (truncated?)"
+        if store.quick_check(f) is None:
+            return f"{p['file']}: footer unreadable (truncated?)"
+    return "a part disagrees with the manifest"
+
+
+def list_damaged(features_dir) -> list[dict]:
+    """Sharded run folders that are there but do not read back as complete runs, with why."""
+    out = []
+    for d in sorted(Path(features_dir).glob("*")):
+        if not d.is_dir() or d.name.startswith("."):
+            continue
+        why = damaged(d)
+        if why is None:
+            continue
+        try:
+            prov = dict(json.loads((d / MANIFEST).read_text()).get("provenance") or {})
+        except (OSError, ValueError, AttributeError):
+            prov = {}
+        size = sum(p.stat().st_size for p in d.glob("*.parquet"))
+        out.append({**prov, "kind": "features", "key": d.name, "path": str(d), "bytes": size, "damaged": why,
+                    "unfinished": why.startswith("unfinished")})
+    return out
+
+
 class ShardedWriter:
     """Write a run part by part; ``finish`` writes the manifest that makes it complete.
 

@@ -37,14 +37,37 @@ def mtime(path) -> int:
 
 
 @st.cache_data(show_spinner=False, max_entries=8)
-def _list_runs(cache: str, signature: tuple) -> list[dict]:
-    return store.list_runs(cache)
+def _list_runs(cache: str, signature: tuple) -> tuple[list[dict], list[dict]]:
+    runs = store.list_runs(cache)
+    return runs, store.list_damaged(cache, runs)
+
+
+def _signature(folder: Path, depth: int = 1) -> tuple:
+    """(files, newest mtime, total bytes) of a cache folder and its run folders: changes when a
+    file is added, removed, rewritten or truncated in place."""
+    n = newest = size = 0
+    try:
+        with os.scandir(folder) as it:
+            for e in it:
+                if e.is_dir():
+                    if depth:
+                        sub = _signature(Path(e.path), depth - 1)
+                        n, newest, size = n + sub[0], max(newest, sub[1]), size + sub[2]
+                    continue
+                st_ = e.stat()
+                n, newest, size = n + 1, max(newest, st_.st_mtime_ns), size + st_.st_size
+    except OSError:
+        pass
+    return n, newest, size
 
 
 def load_catalog(cache: Path) -> D.Catalog:
-    """The catalog of cached runs; re-listed only when a cache folder changes."""
-    signature = tuple(mtime(Path(cache) / k) for k in ("features", "projections", "evaluations"))
-    return D.Catalog.from_runs(_list_runs(str(cache), signature))
+    """The catalog of cached runs, and the damaged files (named in the sidebar, never dropped
+    silently); re-listed only when a file in the cache changes."""
+    signature = tuple(_signature(Path(cache) / k) for k in
+                      ("features", "projections", "evaluations", "layers", "anomalies"))
+    runs, damaged = _list_runs(str(cache), signature)
+    return D.Catalog.from_runs(runs, damaged)
 
 
 @st.cache_resource(show_spinner="Reading features…", max_entries=12)

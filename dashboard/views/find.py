@@ -80,37 +80,52 @@ def _checkpoint(model: str, cache: str):
     return load_checkpoint(model, device="cpu", cache=cache)
 
 
-@st.cache_data(show_spinner="Computing the image's features…", max_entries=64)
-def upload_features(digest: str, model: str, pooling: str, image_size: int, cache: str, _content: bytes,
-                    name: str):
-    """(features (d,), class probabilities or None) of an uploaded file, cached by its content hash."""
-    from core.extract.upload import embed, read_image
+@st.cache_data(show_spinner="Reading the image…", max_entries=16)
+def decoded_upload(digest: str, _content: bytes, name: str) -> np.ndarray:
+    """The uploaded file's pixels as a model is fed them (shrunk as decoded when huge), cached by
+    its content hash; decoded under `core.extract.upload`'s bound on concurrent uploads."""
+    from core.extract.upload import read_upload
 
-    return embed(read_image(_content, name), _checkpoint(model, cache), pooling, image_size)
+    return read_upload(_content, name)
+
+
+@st.cache_data(show_spinner="Computing the image's features…", max_entries=64)
+def upload_features(digest: str, model: str, pooling: str, cache: str, _image: np.ndarray):
+    """(features (d,), class probabilities or None) of an uploaded image, cached by its content hash."""
+    from core.extract.upload import embed_upload
+
+    return embed_upload(_image, _checkpoint(model, cache), pooling)
+
+
+def plain(text: str) -> str:
+    """``text`` shown as typed in a Markdown element (backslash before every Markdown character)."""
+    return "".join("\\" + c if c in "\\`*_{}[]()<>#+-.!|$~:" else c for c in str(text))
 
 
 def by_image(ctx: Context) -> None:
-    from core.extract.upload import IMAGE_TYPES, content_hash
+    from core.extract.upload import CONCURRENT, IMAGE_TYPES, MAX_SIDE, content_hash
 
     upload = st.file_uploader("An image of a galaxy", type=IMAGE_TYPES, key="find_upload",
-                              help="PNG, JPEG, TIFF, or a g,r,z FITS cube; it is squared and resized like the "
-                                   "dataset's images, then goes through the selected checkpoint")
+                              help="PNG, JPEG, WebP, TIFF, or a g,r,z FITS cube; it goes through the selected "
+                                   "checkpoint exactly as `extract` reads the same file from a folder")
+    st.caption(f"Images larger than {MAX_SIDE:,} pixels a side are shrunk as they are read; at most "
+               f"{CONCURRENT} uploads are worked on at once on this server, others wait their turn.")
     if upload is None:
         return
     content = upload.getvalue()
     digest = content_hash(content)
     k = st.slider("How many", 4, 16, 8, key="find_k")
     runs = encoder_runs(ctx)
-    from core.extract.upload import read_image
-
     try:
-        st.image(read_image(content, upload.name), width=128, caption=f"{upload.name} · sha256 {digest}")
+        image = decoded_upload(digest, content, upload.name)
     except Exception as e:
-        st.error(str(e).splitlines()[0])
+        st.error(plain(str(e).splitlines()[0]))
         return
+    st.image(image, width=128)
+    st.text(f"{upload.name} · {image.shape[1]} x {image.shape[0]} px as read · sha256 {digest}")  # plain text
     for col, run in zip(st.columns(len(runs)), runs):
         with col:
-            similar_to_upload(ctx, run, content, upload.name, digest, k)
+            similar_to_upload(ctx, run, image, digest, k)
 
 
 def encoder_runs(ctx: Context, most: int = 4) -> list[dict]:
@@ -127,13 +142,12 @@ def encoder_runs(ctx: Context, most: int = 4) -> list[dict]:
     return runs[:most]
 
 
-def similar_to_upload(ctx: Context, run: dict, content: bytes, name: str, digest: str, k: int) -> None:
+def similar_to_upload(ctx: Context, run: dict, image: np.ndarray, digest: str, k: int) -> None:
     st.markdown(f"**{ctx.label(run)}** · {D.model_label(run)} · `{run.get('model')}`")
     try:
-        q, probs = upload_features(digest, run["model"], run.get("pooling") or "auto",
-                                   int(run.get("dataset_image_size") or 0), str(ctx.cache), content, name)
+        q, probs = upload_features(digest, run["model"], run.get("pooling") or "auto", str(ctx.cache), image)
     except Exception as e:  # e.g. the checkpoint is not on this machine
-        st.error(f"Could not compute its features with `{run.get('model')}`: {str(e).splitlines()[0]}")
+        st.error(f"Could not compute its features with `{run.get('model')}`: {plain(str(e).splitlines()[0])}")
         return
     data = run_data(run)
     X, norms = embeddings(run)

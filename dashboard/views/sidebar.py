@@ -18,9 +18,20 @@ MODE_CAPTIONS = {"generic": "pretrained, frozen", "head": "classifier head only"
                  "finetuned": "mode not recorded"}
 
 
+def damaged_notice(catalog: D.Catalog, where=None) -> None:
+    """Name every damaged or unfinished cached file and how to recompute it (`python -m core ls`
+    lists the same), so a run that does not read back is never silently missing from the choices."""
+    lines = catalog.damaged_lines()
+    if lines:
+        n = len(lines)
+        (where or st).warning(f"{n} cached file{'s' if n > 1 else ''} damaged or unfinished, not offered "
+                              "below:\n" + "\n".join(lines), icon="⚠️")
+
+
 def sidebar(cache, catalog: D.Catalog) -> Context:
     sb = st.sidebar
     sb.header("What to look at")
+    damaged_notice(catalog, sb)
     datasets = catalog.datasets()
     dataset = datasets[sb.selectbox("Dataset", list(datasets), key="dataset", bind="query-params",
                                     help="the galaxy images the features were extracted from")]
@@ -69,7 +80,8 @@ def sidebar(cache, catalog: D.Catalog) -> Context:
                                help="these classes stand out; every other galaxy stays visible in grey")
     sb.divider()
     sb.caption(f"Cache: `{cache}`  \n{len(catalog.features)} features runs, {len(catalog.projections)} maps, "
-               f"{len(catalog.evaluations)} evaluations.")
+               f"{len(catalog.evaluations)} evaluations"
+               + (f", {len(catalog.damaged)} damaged (named above)." if catalog.damaged else "."))
     return Context(cache=cache, catalog=catalog, dataset=dataset, run=run, data=data, method=method,
                    projection=projection, xy=map_xy(run, projection), colour_by=colour_by,
                    highlight=[data.class_names.index(c) for c in highlight if c in data.class_names])
