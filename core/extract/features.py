@@ -30,6 +30,7 @@ from pathlib import Path
 from core.store import cache as store
 from core.extract import layers as layerfeatures
 from core.store import shards
+from core.store.compute import get_or_compute
 from core.data.sources import normalize_ref, open_dataset
 from core.errors import UserError
 from core.models.load import POOLINGS, describe, fingerprint_dir, resolve
@@ -107,32 +108,37 @@ def extract(dataset_ref, model_ref: str, mode: str | None = None, split: str = "
     if blocks and engine == "ray":
         raise UserError("--layers works with the in-process engine only: leave out --engine ray")
 
-    if found := _find(path, blocks, verify):
-        return (*found, True)
-    with store.compute_lock(path):
-        if found := _find(path, blocks, verify):  # someone else may have finished while we waited
-            return (*found, True)
+    def compute():
+        want = blocks
         old = layerfeatures.cached(layerfeatures.layers_path(path), None)
-        if blocks and old:  # keep the blocks stored before
-            blocks = sorted(set(blocks) | set(old.get("layers", [])))
+        if want and old:  # keep the blocks stored before
+            want = sorted(set(want) | set(old.get("layers", [])))
         if path.exists() and not cached(path, verify):
             log(f"cached features {path.name} are damaged: recomputing")
             path.unlink()
-        shard_rows = shard_rows or shards.SHARD_ROWS
-        if shard_rows < 1:
-            raise UserError("--shard-rows must be a positive integer")
-        sharded = engine == "ray" or len(ds.rows(split)) > shard_rows
-        out = path.with_suffix("") if sharded else path
-        # the Ray engine picks the device from the cluster's resources, not this machine's
-        device = device if engine == "ray" else _pick_device(device)
-        job = Job(ds, model_ref, info, out, device, batch_size, cache, compile, sharded, shard_rows, blocks)
-        if engine == "ray":
-            from core.extract.ray import run_on_ray
+        return _compute(ds, model_ref, info, path, split, device, batch_size, cache, compile, workers, log, engine,
+                        shard_rows, ray_options, want, progress)
 
-            prov = run_on_ray(job, progress=progress, log=log, **(ray_options or {}))
-        else:
-            prov = run_local(job, progress=progress, log=log, workers=workers)
-    return out, prov, False
+    (out, prov), was_cached = get_or_compute(path, lambda _: _find(path, blocks, verify), compute)
+    return out, prov, was_cached
+
+
+def _compute(ds, model_ref, info, path, split, device, batch_size, cache, compile, workers, log, engine, shard_rows,
+             ray_options, blocks, progress) -> tuple:
+    """(run path, provenance) of a new features run: sharded when large or on Ray, else one file."""
+    shard_rows = shard_rows or shards.SHARD_ROWS
+    if shard_rows < 1:
+        raise UserError("--shard-rows must be a positive integer")
+    sharded = engine == "ray" or len(ds.rows(split)) > shard_rows
+    out = path.with_suffix("") if sharded else path
+    # the Ray engine picks the device from the cluster's resources, not this machine's
+    device = device if engine == "ray" else _pick_device(device)
+    job = Job(ds, model_ref, info, out, device, batch_size, cache, compile, sharded, shard_rows, blocks)
+    if engine == "ray":
+        from core.extract.ray import run_on_ray
+
+        return out, run_on_ray(job, progress=progress, log=log, **(ray_options or {}))
+    return out, run_local(job, progress=progress, log=log, workers=workers)
 
 
 def lookup(dataset_ref, model_ref: str, mode: str | None = None, split: str = "all", pooling: str = "auto",
