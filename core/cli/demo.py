@@ -21,6 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
+from core.cli import args as shared
 from core.store import cache as store
 from core.data.sources import open_dataset
 from core.errors import UserError
@@ -239,11 +240,11 @@ def _print_summary(summary: dict, log) -> None:
 def add_parser(sub):
     p = sub.add_parser("demo", help="build the offline demo: synthetic galaxies, three checkpoints, features, maps",
                        description=__doc__.split("\n\n")[1].replace("\n", " "))
-    p.add_argument("--cache", help="cache folder (default: $EXPLORER_CACHE or ./cache)")
-    p.add_argument("--dataset", default=DATASET, help=f"synthetic dataset reference (default {DATASET})")
+    shared.add_cache(p)
+    shared.add_dataset(p, default=DATASET, forms="a synthetic:galaxy10 reference")
     p.add_argument("--examples", default=str(EXAMPLES),
                    help="folder of real photos with labels.csv to place in the maps ('' to skip)")
-    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    shared.add_device(p)
     p.set_defaults(func=_run)
 
 
