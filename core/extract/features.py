@@ -202,39 +202,10 @@ def run_local(job: Job, progress: bool = True, log=print, workers: int | None = 
     errors: list = []
     log_skipped(job.ds.skipped, log)
 
-    def read():
-        # Several loader threads (numpy gathers and image decoding release the GIL),
-        # results kept in order, at most `depth` batches in flight.
-        todo = iter(chunks)
-        depth = max(2, workers * 2)
-        try:
-            with ThreadPoolExecutor(workers, thread_name_prefix="loader") as pool:
-                pending = deque((part, pool.submit(ex.load, rows)) for part, rows in islice(todo, depth))
-                while pending and not errors:
-                    part, fut = pending.popleft()
-                    ready.put((part, *fut.result()))
-                    nxt = next(todo, None)
-                    if nxt is not None:
-                        pending.append((nxt[0], pool.submit(ex.load, nxt[1])))
-        except BaseException as e:  # surfaced in the main thread
-            errors.append(e)
-        finally:
-            ready.put(_DONE)
-
-    def write():
-        try:
-            while (item := results.get()) is not _DONE:
-                part, rows, feats, logits, pooled, skipped = item
-                if pooled:
-                    layer_writer.write(job.ds, rows, pooled)
-                writer.add(part, None if feats is None else ex.table(rows, feats, logits), skipped)
-        except BaseException as e:
-            errors.append(e)
-            while results.get() is not _DONE:  # drain so the producer never blocks
-                pass
-
-    threads = [threading.Thread(target=read, daemon=True, name="reader"),
-               threading.Thread(target=write, daemon=True, name="writer")]
+    threads = [threading.Thread(target=_load_in_order, args=(ex, chunks, workers, ready, errors), daemon=True,
+                                name="reader"),
+               threading.Thread(target=_write_results, args=(job, ex, writer, layer_writer, results, errors),
+                                daemon=True, name="writer")]
     [t.start() for t in threads]
     n_todo = sum(len(rows) for _, rows in chunks)
     bar = tqdm(total=n_todo, unit="img", desc=f"extract {ex.ck.family}-{ex.ck.size_name} on {job.device}",
@@ -265,3 +236,39 @@ def run_local(job: Job, progress: bool = True, log=print, workers: int | None = 
         layer_writer.close()
         log(f"{len(job.layers)} {layerfeatures.unit_name(ex.ck.family)}s -> {layer_writer.path}")
     return finish(writer, prov, t0, t_loaded, n_todo, log, engine="local")
+
+
+def _load_in_order(ex: BatchExtractor, chunks: list, workers: int, ready: queue.Queue, errors: list) -> None:
+    """The reader thread: several loader threads (numpy gathers and image decoding release the
+    GIL) load the chunks, results are put on ``ready`` in order, at most ``2 x workers`` batches in
+    flight; then ``_DONE``. An error is appended to ``errors`` (surfaced in the main thread)."""
+    todo = iter(chunks)
+    depth = max(2, workers * 2)
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="loader") as pool:
+            pending = deque((part, pool.submit(ex.load, rows)) for part, rows in islice(todo, depth))
+            while pending and not errors:
+                part, fut = pending.popleft()
+                ready.put((part, *fut.result()))
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append((nxt[0], pool.submit(ex.load, nxt[1])))
+    except BaseException as e:  # surfaced in the main thread
+        errors.append(e)
+    finally:
+        ready.put(_DONE)
+
+
+def _write_results(job: Job, ex: BatchExtractor, writer: RunWriter, layer_writer, results: queue.Queue,
+                   errors: list) -> None:
+    """The writer thread: features (and per-block features) of each batch into the run, until ``_DONE``."""
+    try:
+        while (item := results.get()) is not _DONE:
+            part, rows, feats, logits, pooled, skipped = item
+            if pooled:
+                layer_writer.write(job.ds, rows, pooled)
+            writer.add(part, None if feats is None else ex.table(rows, feats, logits), skipped)
+    except BaseException as e:
+        errors.append(e)
+        while results.get() is not _DONE:  # drain so the producer never blocks
+            pass
