@@ -30,9 +30,9 @@ def add_model(p, required: bool = False, purpose: str | None = None, forms: str 
     p.add_argument("--model", metavar="REF", required=required, help=f"{purpose}: {forms}" if purpose else forms)
 
 
-def add_run(p, purpose: str = "features key (see `python -m core ls`)"):
+def add_run(p, purpose: str = "features key (see `python -m core ls`)", required: bool = False):
     """``--run KEY``: a cached features run by its key."""
-    p.add_argument("--run", metavar="KEY", help=purpose)
+    p.add_argument("--run", metavar="KEY", required=required, help=purpose)
 
 
 def add_features_choice(p, purpose: str = "instead of --run"):
