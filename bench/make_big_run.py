@@ -40,8 +40,8 @@ from core.store import cache as store  # noqa: E402
 from core.analysis.maps import store as mapstore  # noqa: E402
 from core.analysis.maps import projection as proj  # noqa: E402
 from core.data.base import GALAXY10_CLASSES, GALAXY10_COUNTS  # noqa: E402
-from tests.dashboard_fixtures import DISTURBED, LOOSE, TIGHT, island_centres  # noqa: E402
-from tests.features_fixtures import fixed_list  # noqa: E402
+from core.data.islands import DISTURBED, LOOSE, TIGHT, island_centres  # noqa: E402
+from core.store.embeddings import embedding_column  # noqa: E402
 
 CHUNK = 100_000
 
@@ -121,8 +121,8 @@ def write_features(cache: Path, n: int, dim: int, seed: int) -> tuple[dict, np.n
             w.write(pa.table({
                 "row": pa.array(rows, pa.int64()), "id": pa.array(np.char.mod("J%07d", rows)),
                 "split": pa.array(np.where(rng.random(m) < 0.2, "test", "train")), "label": pa.array(lab),
-                "embedding": fixed_list(emb), "pred": pa.array(pred), "confidence": pa.array(conf),
-                "probs": fixed_list(probs / probs.sum(1, keepdims=True)),
+                "embedding": embedding_column(emb), "pred": pa.array(pred), "confidence": pa.array(conf),
+                "probs": embedding_column(probs / probs.sum(1, keepdims=True)),
                 "meta_ra": pa.array(rng.uniform(0, 360, m)), "meta_dec": pa.array(np.degrees(np.arcsin(rng.uniform(-0.3, 1, m)))),
                 "meta_redshift": pa.array(rng.gamma(2.0, 0.04, m).round(4))}))
     return {**prov, "key": key, "path": str(path)}, X

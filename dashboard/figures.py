@@ -100,20 +100,7 @@ def map_figure(data: RunData, xy: MapXY, colour_by: str = "true class", highligh
     preds = f["pred"].to_numpy() if data.has_predictions else np.full(n, -1)
     k = len(data.class_names) + 1
     grey = ~np.isin(labels, np.asarray(list(highlight), dtype=np.int64)) if len(highlight) else np.zeros(n, bool)
-    cats = category_codes(data, colour_by)
-    numeric = None
-    if cats is not None:
-        codes, legend = cats
-        lo_code = min(code for code, _, _ in legend)
-        lut = np.zeros(max(code for code, _, _ in legend) - lo_code + 1, np.int64)
-        for i, (code, _, _) in enumerate(legend):
-            lut[code - lo_code] = i
-        colour_idx = lut[np.asarray(codes, np.int64) - lo_code]
-    else:
-        numeric, legend, colour_idx = colour_by, [], np.zeros(n, np.int64)
-        values = numeric_values(data, colour_by)
-        finite = values[np.isfinite(values)]
-        lo, hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+    colour_idx, legend, numeric, values, (lo, hi) = _colouring(data, colour_by)
     colour_idx = np.where(grey, -1, colour_idx)  # grey first
     keys = ((colour_idx + 1) * k + (labels + 1)) * k + (preds + 1)
     counts = np.bincount(colour_idx + 1, minlength=len(legend) + 1)
@@ -143,15 +130,7 @@ def map_figure(data: RunData, xy: MapXY, colour_by: str = "true class", highligh
             mode="markers", name=name, legendgroup=group, showlegend=group not in seen and group != "numeric",
             hovertemplate=_hover(data, true, pred, numeric if c >= 0 else None), marker=marker, **extra))
         seen.add(group)
-    for i, (name, pos) in enumerate((marked or {}).items()):
-        pos = np.asarray(pos, dtype=np.int64)
-        if len(pos):
-            traces.append(dict(
-                type="scattergl", x=xy.x[pos], y=xy.y[pos], customdata=data.custom[pos], mode="markers",
-                name=f"{name} ({len(pos):,})", hoverinfo="skip",
-                marker=dict(size=max(size * 2.2, 9), color="#111" if i == 0 else "#ff00aa", symbol="circle-open",
-                            line=dict(width=1.5))))
-    fig = go.Figure(traces)
+    fig = go.Figure(traces + _ring_traces(data, xy, marked or {}, size))
     fig.update_layout(
         height=height, margin=dict(l=5, r=5, t=36, b=5), template="plotly_white",  # top: room for the toolbar
         title=dict(text=title, font=dict(size=14), x=0.01) if title else None,
@@ -161,6 +140,37 @@ def map_figure(data: RunData, xy: MapXY, colour_by: str = "true class", highligh
         xaxis=dict(visible=False), yaxis=dict(visible=False, scaleanchor="x", scaleratio=1),
     )
     return fig
+
+
+def _colouring(data: RunData, colour_by: str):
+    """How ``colour_by`` colours the points: (colour index per point, legend [(code, label,
+    colour)], the numeric column's name or None, its values, its (lo, hi) range)."""
+    cats = category_codes(data, colour_by)
+    if cats is None:
+        values = numeric_values(data, colour_by)
+        finite = values[np.isfinite(values)]
+        lo_hi = (float(finite.min()), float(finite.max())) if len(finite) else (0.0, 1.0)
+        return np.zeros(data.n, np.int64), [], colour_by, values, lo_hi
+    codes, legend = cats
+    lo_code = min(code for code, _, _ in legend)
+    lut = np.zeros(max(code for code, _, _ in legend) - lo_code + 1, np.int64)
+    for i, (code, _, _) in enumerate(legend):
+        lut[code - lo_code] = i
+    return lut[np.asarray(codes, np.int64) - lo_code], legend, None, None, (None, None)
+
+
+def _ring_traces(data: RunData, xy: MapXY, marked: dict, size: float) -> list[dict]:
+    """Open rings on top of the points of each ``marked`` set (first black, then magenta)."""
+    traces = []
+    for i, (name, pos) in enumerate(marked.items()):
+        pos = np.asarray(pos, dtype=np.int64)
+        if len(pos):
+            traces.append(dict(
+                type="scattergl", x=xy.x[pos], y=xy.y[pos], customdata=data.custom[pos], mode="markers",
+                name=f"{name} ({len(pos):,})", hoverinfo="skip",
+                marker=dict(size=max(size * 2.2, 9), color="#111" if i == 0 else "#ff00aa", symbol="circle-open",
+                            line=dict(width=1.5))))
+    return traces
 
 
 def confusion_figure(cm: np.ndarray, class_names, normalised: bool = False, chosen: tuple[int, int] | None = None,

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from core.data.base import GALAXY10_CLASSES, GALAXY10_COUNTS
+from core.data.islands import DISTURBED, LOOSE, TIGHT, island_centres
 from tests.features_fixtures import write_features as write_run
 
-TIGHT, LOOSE, DISTURBED = 6, 7, 0
 
 
 def _labels(n: int, rng) -> np.ndarray:
@@ -70,21 +70,6 @@ def _embeddings(labels, centres, strength, noise, rng):
     dist = labels == DISTURBED
     c[dist] = centres[rng.integers(len(centres), size=int(dist.sum()))]  # Disturbed: anywhere
     return (strength * c + x).astype(np.float32)
-
-
-def island_centres(labels, radius: float, loose_weight: float, rng) -> np.ndarray:
-    """(n, 2) centre of each galaxy's island in a t-SNE-like picture: one island per class on a
-    circle of ``radius``, Loose Spiral moved towards Tight Spiral (keeping ``loose_weight`` of its
-    own place), a Disturbed galaxy in a random class's island. Shared by these fixtures and
-    bench/make_big_run.py, which add their own spread."""
-    k = len(GALAXY10_CLASSES)
-    angle = 2 * np.pi * np.arange(k) / k
-    centres = np.stack([np.cos(angle), np.sin(angle)], 1) * radius
-    centres[LOOSE] = centres[TIGHT] * (1 - loose_weight) + centres[LOOSE] * loose_weight
-    own = labels.copy()
-    dist = own == DISTURBED
-    own[dist] = rng.integers(k, size=int(dist.sum()))
-    return centres[own]
 
 
 def _layout(labels, separation, rng):

@@ -14,16 +14,11 @@ import numpy as np
 import pyarrow as pa
 
 from core.store import cache as store
+from core.store.embeddings import embedding_column
 
 LISTS = ("embedding", "probs")  # (n, k) arrays stored as fixed_size_list<float32>[k]
 TYPES = {"row": pa.int64(), "id": pa.string(), "split": pa.string(), "label": pa.int64(), "pred": pa.int64(),
          "confidence": pa.float32()}
-
-
-def fixed_list(a) -> pa.Array:
-    """(n, k) array -> fixed_size_list<float32>[k]."""
-    a = np.ascontiguousarray(a, np.float32)
-    return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), a.shape[1])
 
 
 def features_table(columns: dict) -> pa.Table:
@@ -33,7 +28,7 @@ def features_table(columns: dict) -> pa.Table:
     cols = {}
     for name, values in columns.items():
         if name in LISTS:
-            cols[name] = fixed_list(values)
+            cols[name] = embedding_column(values)
         elif name in TYPES:
             cols[name] = pa.array(np.asarray(values).astype(str) if TYPES[name] == pa.string() else values, TYPES[name])
         else:

@@ -37,6 +37,7 @@ import numpy as np
 
 from core.errors import UserError
 from core.store import cache as store
+from core.store.compute import get_or_compute
 from core.store.embeddings import embedding_matrix
 
 INDEX_VERSION = 1
@@ -253,10 +254,8 @@ def get_index(run: dict, metric: str = "cosine", cache=None, progress: bool = Fa
     if hit is not None:
         return hit
     path, meta_path, key = index_paths(run, metric, cache, **params)
-    with store.compute_lock(meta_path):
-        hit = cached_index(run, metric, cache, **params)
-        if hit is not None:
-            return hit
+
+    def compute():
         index, meta = build_index(run["path"], metric, progress=progress, **params)
         meta.update(kind="knn-index", key=key, features_run=run["key"], run=run_fingerprint(run),
                     dataset=run.get("dataset"), model=run.get("model"))
@@ -266,7 +265,9 @@ def get_index(run: dict, metric: str = "cosine", cache=None, progress: bool = Fa
         meta.update(bytes=path.stat().st_size, sha256=_sha256(path),
                     bytes_per_galaxy=round(path.stat().st_size / max(1, index.ntotal), 1))
         store.write_json(meta_path, meta)  # last: the commit mark
-    return KnnIndex(index, meta, path)
+        return KnnIndex(index, meta, path)
+
+    return get_or_compute(meta_path, lambda _: cached_index(run, metric, cache, **params), compute)[0]
 
 
 def build_index(features_path, metric: str = "cosine", progress: bool = False, seed: int = 0,

@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from core.errors import UserError
 from core.store import cache as store
+from core.store.compute import get_or_compute
 
 LABEL_ISSUES_VERSION = 1
 DEFAULTS = {"folds": 5, "k": 10, "l2": 1e-2, "rounds": 1, "seed": 0}
@@ -229,10 +230,8 @@ def label_issues(run_key: str, cache=None, progress=None, **params) -> pd.DataFr
     run = features_run(run_key, cache)
     say = progress if callable(progress) else (
         (lambda m: print(m, file=sys.stderr, flush=True)) if progress else (lambda m: None))
-    with store.compute_lock(path):
-        hit = cached_label_issues(run_key, cache, **params)
-        if hit is not None:
-            return hit
+
+    def compute():
         say(f"suspicious labels of {run.get('rows')} galaxies ({run_key})")
         rows, X = load_features(run)
         names = list(run.get("class_names") or [])
@@ -258,5 +257,7 @@ def label_issues(run_key: str, cache=None, progress=None, **params) -> pd.DataFr
                           "prune_by_noise_rate), probe refitted without the flagged; score = 1 - normalised margin",
                 "seconds": round(time.perf_counter() - t0, 3),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        store.write_parquet(path, table, prov)
-    return cached_label_issues(run_key, cache, **params)
+        return table, prov
+
+    return get_or_compute(path, lambda _: cached_label_issues(run_key, cache, **params), compute,
+                          lambda p, result: store.write_parquet(p, *result))[0]

@@ -18,14 +18,13 @@ once under a file lock like the maps.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
-from datetime import datetime, timezone
 
 import numpy as np
 
 from core.store import cache as store
+from core.store.compute import cached_json, read_json
 from core.extract import layers as lf
 from core.errors import UserError
 from core.analysis.evaluation import classification_report
@@ -200,13 +199,6 @@ def _analysis_path(cache, *parts):
     return store.path_for(store.cache_dir(cache), "layers", "analysis-" + store.key_of(*parts), ".json")
 
 
-def _read_json(path):
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def train_test_masks(splits, labels):
     """(train, test) boolean masks of the labelled galaxies of each split."""
     return (splits == "train") & (labels >= 0), (splits == "test") & (labels >= 0)
@@ -215,7 +207,7 @@ def train_test_masks(splits, labels):
 def cached_scores(features_key: str, cache=None, k: int = 10, C: float = 1.0) -> dict | None:
     """The cached per-layer scores of a run, or None. Never computes."""
     run = _layer_run(features_key, cache)
-    return _read_json(_analysis_path(cache, "scores", ANALYSIS_VERSION, features_key, run.get("layers"), k, C))
+    return read_json(_analysis_path(cache, "scores", ANALYSIS_VERSION, features_key, run.get("layers"), k, C))
 
 
 def layer_scores(features_key: str, cache=None, k: int = 10, C: float = 1.0, progress: bool = True) -> dict:
@@ -230,20 +222,15 @@ def layer_scores(features_key: str, cache=None, k: int = 10, C: float = 1.0, pro
 
     run = _layer_run(features_key, cache)
     path = _analysis_path(cache, "scores", ANALYSIS_VERSION, features_key, run.get("layers"), k, C)
-    if (hit := _read_json(path)) is not None:
-        return hit
-    with store.compute_lock(path):
-        if (hit := _read_json(path)) is not None:
-            return hit
+
+    def compute():
         start = time.perf_counter()
         twin = _scored_twin(run, cache, k, C)
         if twin is not None:  # e.g. a head-only run: the frozen generic blocks, already scored
-            result = {**twin, "features_run": features_key, "model": run.get("model"), "mode": run.get("mode"),
-                      "same_blocks_as": twin["features_run"], "seconds": round(time.perf_counter() - start, 2),
-                      "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            store.write_json(path, result)
             _say(progress, f"same blocks as {twin['features_run']}: its scores ({path})")
-            return result
+            return {**{k: v for k, v in twin.items() if k != "created"}, "features_run": features_key,
+                    "model": run.get("model"), "mode": run.get("mode"), "same_blocks_as": twin["features_run"],
+                    "seconds": round(time.perf_counter() - start, 2)}
         result = {"kind": "layer-scores", "features_run": features_key, "model": run.get("model"),
                   "mode": run.get("mode"), "dataset": run.get("dataset"), "unit": run.get("unit", "block"),
                   "layers": run.get("layers"), "k": k, "C": C, "max_iter": 100, "scores": [],
@@ -261,11 +248,10 @@ def layer_scores(features_key: str, cache=None, k: int = 10, C: float = 1.0, pro
                 "layer": layer, "kind": kind, "knn_accuracy": knn_accuracy(X[train], labels[train], X[test],
                                                                            labels[test], k),
                 "macro_f1": probe["macro_f1"], "accuracy": probe["accuracy"]})
-        result.update(seconds=round(time.perf_counter() - start, 2),
-                      created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-        store.write_json(path, result)
-    _say(progress, f"wrote {path}")
-    return result
+        _say(progress, f"writing {path}")
+        return result
+
+    return cached_json(path, compute)[0]
 
 
 def _scored_twin(run: dict, cache, k: int, C: float) -> dict | None:
@@ -276,7 +262,7 @@ def _scored_twin(run: dict, cache, k: int, C: float) -> dict | None:
                 or other.get("rows") != run.get("rows") or other.get("layers") != run.get("layers")
                 or other.get("kinds", lf.KINDS) != run.get("kinds", lf.KINDS)):
             continue
-        scores = _read_json(_analysis_path(cache, "scores", ANALYSIS_VERSION, other["key"], other.get("layers"), k, C))
+        scores = read_json(_analysis_path(cache, "scores", ANALYSIS_VERSION, other["key"], other.get("layers"), k, C))
         if scores is None or scores.get("same_blocks_as"):
             continue
         if all(_same_arrays(lf.read_layer(run["path"], layer, kind), lf.read_layer(other["path"], layer, kind))
@@ -292,7 +278,7 @@ def _same_arrays(a: tuple, b: tuple) -> bool:
 def cached_cka(key_a: str, key_b: str, cache=None) -> dict | None:
     """The cached CKA of two runs, or None. Never computes."""
     a, b = _layer_run(key_a, cache), _layer_run(key_b, cache)
-    return _read_json(_analysis_path(cache, "cka", ANALYSIS_VERSION, key_a, key_b, a.get("layers"), b.get("layers")))
+    return read_json(_analysis_path(cache, "cka", ANALYSIS_VERSION, key_a, key_b, a.get("layers"), b.get("layers")))
 
 
 def layer_cka(key_a: str, key_b: str, cache=None, max_points: int = MAX_CKA_POINTS, seed: int = 0,
@@ -306,16 +292,14 @@ def layer_cka(key_a: str, key_b: str, cache=None, max_points: int = MAX_CKA_POIN
 
     a, b = _layer_run(key_a, cache), _layer_run(key_b, cache)
     path = _analysis_path(cache, "cka", ANALYSIS_VERSION, key_a, key_b, a.get("layers"), b.get("layers"))
-    if (hit := _read_json(path)) is not None:
+    if (hit := read_json(path)) is not None:
         return hit
     layers = sorted(set(a["layers"]) & set(b["layers"]))
     kinds = [k for k in a.get("kinds", lf.KINDS) if k in b.get("kinds", lf.KINDS)]
     if not layers or not kinds:
         raise UserError(f"runs {key_a} and {key_b} share no stored blocks to compare")
-    with store.compute_lock(path):
-        if (hit := _read_json(path)) is not None:
-            return hit
-        start = time.perf_counter()
+
+    def compute():
         out = []
         pick_a = pick_b = None
         for layer, kind in tqdm([(layer, k) for layer in layers for k in kinds], desc="CKA", disable=not progress,
@@ -329,10 +313,8 @@ def layer_cka(key_a: str, key_b: str, cache=None, max_points: int = MAX_CKA_POIN
                 keep = np.random.default_rng(seed).permutation(len(common))[:max_points]
                 pick_a, pick_b = ia[np.sort(keep)], ib[np.sort(keep)]
             out.append({"layer": layer, "kind": kind, "cka": linear_cka(Xa[pick_a], Xb[pick_b])})
-        result = {"kind": "layer-cka", "runs": [key_a, key_b], "modes": [a.get("mode"), b.get("mode")],
-                  "models": [a.get("model"), b.get("model")], "unit": a.get("unit", "block"),
-                  "points": int(len(pick_a)), "cka": out, "version": ANALYSIS_VERSION,
-                  "seconds": round(time.perf_counter() - start, 2),
-                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        store.write_json(path, result)
-    return result
+        return {"kind": "layer-cka", "runs": [key_a, key_b], "modes": [a.get("mode"), b.get("mode")],
+                "models": [a.get("model"), b.get("model")], "unit": a.get("unit", "block"),
+                "points": int(len(pick_a)), "cka": out, "version": ANALYSIS_VERSION}
+
+    return cached_json(path, compute)[0]

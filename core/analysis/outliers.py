@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ import pandas as pd
 import pyarrow as pa
 
 from core.store import cache as store
+from core.store.compute import cached_parquet, read_parquet
 from core.errors import UserError
 from core.analysis import knn
 from core.analysis.knn import neighbours
@@ -131,9 +131,7 @@ def anomalies_path(features_key: str, cache=None, **params) -> tuple[Path, dict]
 def cached_anomalies(features_key: str, cache=None, **params) -> tuple[pd.DataFrame, dict] | None:
     """``(DataFrame row, id, knn, iforest; provenance)`` when cached, else None. Never computes."""
     path, _ = anomalies_path(features_key, cache, **params)
-    prov = store.provenance(path)
-    table = store.read_table(path) if prov else None
-    return None if table is None else (table.to_pandas(), prov)
+    return read_parquet(path)
 
 
 def get_anomalies(features_key: str, cache=None, progress: bool = False, **params) -> tuple[pd.DataFrame, dict]:
@@ -141,15 +139,12 @@ def get_anomalies(features_key: str, cache=None, progress: bool = False, **param
     two identical requests compute once). Rows in the features file's order."""
     from core.analysis.maps.store import features_run, load_features
 
-    hit = cached_anomalies(features_key, cache, **params)
-    if hit is not None:
+    if (hit := cached_anomalies(features_key, cache, **params)) is not None:
         return hit
     path, params = anomalies_path(features_key, cache, **params)
     run = features_run(features_key, cache)
-    with store.compute_lock(path):
-        hit = cached_anomalies(features_key, cache, **params)
-        if hit is not None:
-            return hit
+
+    def compute():
         if progress:
             print(f"outlier scores of {run.get('rows')} galaxies ({features_key})", file=sys.stderr, flush=True)
         rows, X = load_features(run)
@@ -160,12 +155,11 @@ def get_anomalies(features_key: str, cache=None, progress: bool = False, **param
         prov = {"search": search, "kind": "anomalies", "features_run": features_key, "version": ANOMALY_VERSION, "params": params,
                 "methods": METHODS, "scale": "0-5 min-max over the run, 5 = weirdest (Astronomaly)",
                 "dataset": run.get("dataset"), "model": run.get("model"), "mode": run.get("mode"),
-                "rows": len(X), "seconds": round(time.perf_counter() - t0, 3),
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        table = pa.table({"row": rows["row"].to_numpy(np.int64), "id": rows["id"].astype(str).to_numpy(),
-                          "knn": s["knn"].to_numpy(np.float32), "iforest": s["iforest"].to_numpy(np.float32)})
-        store.write_parquet(path, table, prov)
-    return cached_anomalies(features_key, cache, **params)
+                "rows": len(X), "seconds": round(time.perf_counter() - t0, 3)}
+        return pa.table({"row": rows["row"].to_numpy(np.int64), "id": rows["id"].astype(str).to_numpy(),
+                         "knn": s["knn"].to_numpy(np.float32), "iforest": s["iforest"].to_numpy(np.float32)}), prov
+
+    return cached_parquet(path, compute)[0]
 
 
 def ranks(score, mask) -> np.ndarray:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from core.cli import args as shared
 from core.analysis.outliers import DEFAULTS, METHODS, get_anomalies, ranks, score_against
 from core.errors import UserError
 
@@ -13,13 +14,11 @@ def add_parser(sub):
         description="Score every galaxy of a features run by how unusual its features are (0-5, 5 = weirdest, "
         "as Astronomaly scales them), cache the scores and list the weirdest galaxies. With --against, rank "
         "another run's galaxies (e.g. the real photos) against this one.")
-    p.add_argument("--run", help="features key (see `python -m core ls`)")
-    p.add_argument("--dataset", help="dataset reference, with --model, instead of --run")
-    p.add_argument("--model", help="checkpoint reference, with --dataset")
+    shared.add_features_choice(p)
     p.add_argument("--against", metavar="RUN", help="features key of another run of the same checkpoint to rank")
     p.add_argument("--k", type=int, default=DEFAULTS["k"], help="neighbours of the kNN score (default 10)")
     p.add_argument("--top", type=int, default=10, help="how many of the weirdest galaxies to print")
-    p.add_argument("--cache", help="cache folder (default: $EXPLORER_CACHE or ./cache)")
+    shared.add_cache(p)
     p.set_defaults(func=_run)
 
 

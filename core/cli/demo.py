@@ -21,6 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
+from core.cli import args as shared
 from core.store import cache as store
 from core.data.sources import open_dataset
 from core.errors import UserError
@@ -88,11 +89,7 @@ def build(cache=None, dataset: str = DATASET, examples: Path | None = EXAMPLES, 
     Each step asks the cache first (``lookup``, ``cached_projection``, ``cached_scores``...,
     which never compute): a rebuilt demo only reads footers and JSON and imports neither
     torch nor the map libraries; the first step that computes calls ``_computing``."""
-    from core.analysis.outliers import cached_anomalies, get_anomalies
-    from core.analysis.evaluation import evaluate_run, read_predictions, write_summary
-    from core.extract.features import extract, lookup
-    from core.analysis.layers import cached_cka, cached_scores, layer_cka, layer_scores
-    from core.analysis.maps.store import cached_projection, get_projection
+    from core.analysis.evaluation import write_summary
 
     cache = store.cache_dir(cache)
     t0 = last = time.time()
@@ -108,6 +105,42 @@ def build(cache=None, dataset: str = DATASET, examples: Path | None = EXAMPLES, 
 
     log("[2/6] checkpoints: generic (self-supervised, shipped), head (linear head on frozen features), "
         "full (all parameters)")
+    _build_checkpoints(ds, cache, device, progress, log)
+    step("checkpoints")
+
+    log("[3/6] features")
+    sets = [("synthetic", ds)]
+    if examples is not None and (Path(examples) / "labels.csv").is_file():
+        sets.append(("real", open_dataset(f"folder:{examples}")))
+    runs = _build_features(sets, cache, device, progress, log)
+    step("features")
+
+    log("[4/6] evaluation")
+    scores = _build_evaluations(runs, cache)
+    write_summary(cache)
+    step("evaluation")
+
+    log("[5/6] maps: t-SNE (finetuned maps aligned to the generic map) and PCA")
+    quality = _build_maps([label for label, _ in sets], runs, cache, progress)
+    step("maps")
+
+    log("      outlier scores (kNN distance, isolation forest): the Unusual view, and every map can be coloured by them")
+    _build_outliers(runs, cache)
+    step("outliers")
+
+    log("      per-block probe, kNN and CKA scores for the Layers view")
+    _build_layer_scores(runs, cache)
+    step("layers")
+
+    log("[6/6] done")
+    summary = {"cache": str(cache), "seconds": round(time.time() - t0, 1), "timings": timings,
+               "results": _results(runs, scores, quality)}
+    _print_summary(summary, log)
+    return summary
+
+
+def _build_checkpoints(ds, cache: Path, device: str, progress: bool, log) -> None:
+    """demo:generic (the shipped weights) and the head-only and full finetunes of it, unless current."""
     from core.models.load import fingerprint_dir
 
     generic_fp = fingerprint_dir(build_generic(cache))
@@ -126,13 +159,14 @@ def build(cache=None, dataset: str = DATASET, examples: Path | None = EXAMPLES, 
         prov.update(demo_recipe=RECIPE, dataset_fingerprint=ds.fingerprint, base_model="demo:generic",
                     mode=recipe["mode"])
         prov_file.write_text(json.dumps(prov, indent=1, default=str))
-    step("checkpoints")
 
-    log("[3/6] features")
+
+def _build_features(sets: list, cache: Path, device: str, progress: bool, log) -> dict:
+    """Features of every (set, checkpoint), the synthetic ones with every block's features too:
+    ``{(set label, checkpoint name): provenance + key + path}``."""
+    from core.extract.features import extract, lookup
+
     runs = {}
-    sets = [("synthetic", ds)]
-    if examples is not None and (Path(examples) / "labels.csv").is_file():
-        sets.append(("real", open_dataset(f"folder:{examples}")))
     for label, data in sets:
         for name in ("generic", "head", "full"):
             layers = "all" if label == "synthetic" else None
@@ -146,9 +180,13 @@ def build(cache=None, dataset: str = DATASET, examples: Path | None = EXAMPLES, 
             runs[(label, name)] = prov | {"key": path.stem, "path": str(path)}
             done = "cached" if hit else f"{prov['rows']} images in {prov['seconds']:.1f} s"
             log(f"      {label:<9} {name:<7} {done}")
-    step("features")
+    return runs
 
-    log("[4/6] evaluation")
+
+def _build_evaluations(runs: dict, cache: Path) -> dict:
+    """The evaluation of every run with predictions, read or written: ``{(set, checkpoint): evaluation}``."""
+    from core.analysis.evaluation import evaluate_run, read_predictions
+
     scores = {}
     for (label, name), run in runs.items():
         if not run.get("has_head"):
@@ -160,12 +198,16 @@ def build(cache=None, dataset: str = DATASET, examples: Path | None = EXAMPLES, 
             ev = evaluate_run(run, read_predictions(run["path"]))
             store.write_json(out, ev)
         scores[(label, name)] = ev
-    write_summary(cache)
-    step("evaluation")
+    return scores
 
-    log("[5/6] maps: t-SNE (finetuned maps aligned to the generic map) and PCA")
+
+def _build_maps(labels: list[str], runs: dict, cache: Path, progress: bool) -> dict:
+    """t-SNE (the finetuned runs' aligned to the generic one's) and PCA maps of every run:
+    ``{(set, checkpoint): map quality + feature quality}``."""
+    from core.analysis.maps.store import cached_projection, get_projection
+
     quality = {}
-    for label, _ in sets:
+    for label in labels:
         generic_key = runs[(label, "generic")]["key"]
         for name in ("generic", "head", "full"):
             key = runs[(label, name)]["key"]
@@ -174,36 +216,42 @@ def build(cache=None, dataset: str = DATASET, examples: Path | None = EXAMPLES, 
                 get_projection, key, "tsne", cache=cache, align_to=align, progress=progress)
             cached_projection(key, "pca", cache) or _computing(get_projection, key, "pca", cache=cache, progress=False)
             quality[(label, name)] = {**prov.get("quality", {}), **(prov.get("feature_quality") or {})}
-    step("maps")
+    return quality
 
-    log("      outlier scores (kNN distance, isolation forest): the Unusual view, and every map can be coloured by them")
+
+def _build_outliers(runs: dict, cache: Path) -> None:
+    from core.analysis.outliers import cached_anomalies, get_anomalies
+
     for run in runs.values():
         cached_anomalies(run["key"], cache) or _computing(get_anomalies, run["key"], cache)
-    step("outliers")
 
-    log("      per-block probe, kNN and CKA scores for the Layers view")
+
+def _build_layer_scores(runs: dict, cache: Path) -> None:
+    """Per-block probe and kNN scores of the synthetic runs, and the finetuned runs' CKA to the generic one."""
+    from core.analysis.layers import cached_cka, cached_scores, layer_cka, layer_scores
+
     generic_key = runs[("synthetic", "generic")]["key"]
     for name in ("generic", "head", "full"):
         key = runs[("synthetic", name)]["key"]
         cached_scores(key, cache) or _computing(layer_scores, key, cache, progress=False)
         if name != "generic":
             cached_cka(generic_key, key, cache) or _computing(layer_cka, generic_key, key, cache, progress=False)
-    step("layers")
 
-    log("[6/6] done")
-    summary = {"cache": str(cache), "seconds": round(time.time() - t0, 1), "timings": timings, "results": []}
+
+def _results(runs: dict, scores: dict, quality: dict) -> list[dict]:
+    """One row of the summary table per run."""
+    results = []
     for (label, name), run in runs.items():
         ev = scores.get((label, name), {})
         q = quality.get((label, name), {})
-        summary["results"].append({
+        results.append({
             "dataset": label, "checkpoint": f"demo:{name}", "mode": run["mode"], "rows": run["rows"],
             "macro_f1": ev.get("macro_f1"), "accuracy": ev.get("accuracy"), "split": ev.get("split"),
             "knn_accuracy": q.get("knn_accuracy"), "test_knn_accuracy": q.get("test_knn_accuracy"),
             "silhouette": q.get("silhouette"),
             "knn_preservation": q.get("knn_preservation"),
         })
-    _print_summary(summary, log)
-    return summary
+    return results
 
 
 def _computing(compute=None, *args, **kwargs):
@@ -239,11 +287,11 @@ def _print_summary(summary: dict, log) -> None:
 def add_parser(sub):
     p = sub.add_parser("demo", help="build the offline demo: synthetic galaxies, three checkpoints, features, maps",
                        description=__doc__.split("\n\n")[1].replace("\n", " "))
-    p.add_argument("--cache", help="cache folder (default: $EXPLORER_CACHE or ./cache)")
-    p.add_argument("--dataset", default=DATASET, help=f"synthetic dataset reference (default {DATASET})")
+    shared.add_cache(p)
+    shared.add_dataset(p, default=DATASET, forms="a synthetic:galaxy10 reference")
     p.add_argument("--examples", default=str(EXAMPLES),
                    help="folder of real photos with labels.csv to place in the maps ('' to skip)")
-    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    shared.add_device(p)
     p.set_defaults(func=_run)
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from core.cli import args as shared
 from core.analysis.evaluation import evaluate_run, format_table, read_predictions, write_summary
 from core.errors import UserError
 
@@ -14,11 +15,11 @@ def add_parser(sub):
         description="Evaluate cached features runs that carry predictions (test split when there is one). "
         "Writes evaluations/<features key>.json and evaluations/summary.json (ΔF1 table) and prints tables.",
     )
-    p.add_argument("--run", help="features run key (see `python -m core ls`)")
-    p.add_argument("--dataset", help="only runs of this dataset reference")
-    p.add_argument("--model", help="only runs of this checkpoint reference")
+    shared.add_run(p, "features run key (see `python -m core ls`); default: every run with predictions")
+    shared.add_dataset(p, purpose="only runs of this dataset")
+    shared.add_model(p, purpose="only runs of this checkpoint")
     p.add_argument("--top", type=int, default=20, help="most-confident mistakes to keep (default 20)")
-    p.add_argument("--cache", help="cache folder (default: $EXPLORER_CACHE or ./cache)")
+    shared.add_cache(p)
     p.set_defaults(func=run)
 
 

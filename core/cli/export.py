@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+from core.cli import args as shared
 from core.analysis.export import write_html
 from core.errors import UserError
 
@@ -14,7 +15,7 @@ def add_parser(sub):
                     "with no network: WebGL map, class legend and highlighting, hover with id, class, prediction, "
                     "confidence, RA/Dec and a thumbnail, a confusion matrix whose cells ring their galaxies, "
                     "and your title and note. No cache path or machine name goes into it.")
-    p.add_argument("--run", required=True, metavar="KEY", help="features run key (`python -m core ls`)")
+    shared.add_run(p, required=True)
     p.add_argument("--method", default="tsne", choices=["tsne", "umap", "pca"], help="which cached map (default tsne)")
     p.add_argument("--map", metavar="KEY", help="a specific cached map (projection key) instead of --method")
     p.add_argument("--out", metavar="FILE.html", help="output file (default: galaxy-map-KEY.html)")
@@ -28,7 +29,7 @@ def add_parser(sub):
     p.add_argument("--no-thumbnails", action="store_true", help="leave the thumbnails out (smallest file)")
     p.add_argument("--thumb-budget-mb", type=float, default=11.0,
                    help="thumbnails for every galaxy while they fit this size, a random sample beyond (default 11)")
-    p.add_argument("--cache", help="cache folder (default: $EXPLORER_CACHE or ./cache)")
+    shared.add_cache(p)
     p.set_defaults(func=run)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 
+from core.cli import args as shared
 from core.data.base import SourceError
 from core.errors import UserError
 from core.extract import layers as layerfeatures
@@ -21,8 +22,8 @@ def add_parser(sub):
         "--model hf:facebook/dinov2-base --split test",
         formatter_class=__import__("argparse").RawDescriptionHelpFormatter,
     )
-    p.add_argument("--dataset", required=True, help="synthetic:galaxy10 | h5:PATH | hf:OWNER/NAME | hf:DIR | folder:DIR")
-    p.add_argument("--model", required=True, help="hf:MODEL_ID | dir:PATH | demo:NAME")
+    shared.add_dataset(p, required=True)
+    shared.add_model(p, required=True)
     p.add_argument("--mode", choices=MODES, help="what the checkpoint is: generic (pretrained), head (head-only "
                    "finetune) or full (full finetune); default: what finetune recorded, else generic/full by head")
     p.add_argument("--base-model", metavar="REF", help="the checkpoint this one was finetuned from (for an external "
@@ -35,10 +36,10 @@ def add_parser(sub):
                    "pooler: pooler_output")
     p.add_argument("--layers", metavar="all|LIST", help="also store each chosen block's pooled features (CLS "
                    "and mean of patch tokens; SwinV2: per stage) from the same pass, e.g. all, last, 1,4,9-12")
-    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    shared.add_device(p)
     p.add_argument("--batch-size", type=int, help="default 256 on GPU, 64 on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (GPU; pays off on large sets)")
-    p.add_argument("--cache", help="cache folder (default: $EXPLORER_CACHE or ./cache)")
+    shared.add_cache(p)
     p.add_argument("--verify", action="store_true",
                    help="check every page checksum of a cached run before trusting it (recompute if damaged)")
     p.add_argument("--shard-rows", type=int, help=f"rows per part of a sharded run (default {shards.SHARD_ROWS:,}); "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 
+from core.cli import args as shared
 from core.errors import UserError
 
 
@@ -13,14 +14,12 @@ def add_parser(sub):
         description="Hunt failures: which galaxies' labels are probably wrong (out-of-sample linear probes and "
         "feature-space neighbours, flagged by confident learning) and where the model fails most (metadata "
         "ranges and map regions, with a significance test). Cached beside the run.")
-    p.add_argument("--run", help="features key (see `python -m core ls`)")
-    p.add_argument("--dataset", help="dataset reference, with --model, instead of --run")
-    p.add_argument("--model", help="checkpoint reference, with --dataset")
+    shared.add_features_choice(p)
     p.add_argument("--map", dest="map_key", help="map key for map-region slices (default: a cached t-SNE of the run)")
     p.add_argument("--top", type=int, default=10, help="how many suspicious labels and slices to print")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object: suspicious_labels (flagged first) and slices")
-    p.add_argument("--cache", help="cache folder (default: $EXPLORER_CACHE or ./cache)")
+    shared.add_cache(p)
     p.set_defaults(func=run)
 
 

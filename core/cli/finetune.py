@@ -1,6 +1,7 @@
 """`python -m core finetune`: the command line of core.train.finetune."""
 from __future__ import annotations
 
+from core.cli import args as shared
 from core.models.heads import HEADS
 from core.train.finetune import MODES, PRECISIONS, SCHEDULES, finetune
 
@@ -11,8 +12,8 @@ def add_parser(sub):
         description="Finetune MODEL on DATASET's train split (validation: its test split) and save a "
         "save_pretrained checkpoint at --out, loadable as dir:OUT, with training_log.json beside it.",
     )
-    p.add_argument("--dataset", required=True, help="synthetic:galaxy10 | h5:PATH | hf:OWNER/NAME | hf:DIR | folder:DIR")
-    p.add_argument("--model", required=True, help="hf:MODEL_ID | dir:PATH | demo:NAME")
+    shared.add_dataset(p, required=True, purpose="trained on its train split, validated on its test split")
+    shared.add_model(p, required=True, purpose="the checkpoint to start from")
     p.add_argument("--mode", required=True, choices=MODES, help="head: frozen backbone; full: all parameters")
     p.add_argument("--head", default="linear", choices=HEADS, help="classification head (default linear)")
     p.add_argument("--hidden", type=int, help="MLP hidden width (default: the feature width)")
@@ -25,10 +26,10 @@ def add_parser(sub):
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--no-augment", action="store_true", help="no flips/rotations")
     p.add_argument("--out", help="checkpoint folder (default <cache>/checkpoints/<model>-<dataset>-<mode>-<head>)")
-    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    shared.add_device(p)
     p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto (default): bf16 autocast on CUDA and on CPUs with native bf16, else fp32")
-    p.add_argument("--cache", help="cache folder (default: $EXPLORER_CACHE or ./cache)")
+    shared.add_cache(p)
     p.set_defaults(func=_run)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 
+from core.cli import args as shared
 from core.store import cache as store
 from core.analysis.knn_index import verify_index
 
@@ -15,7 +16,7 @@ def add_parser(sub):
                        "mode, pooling, rows, embedding dim and size on disk, and every damaged or unfinished "
                        "file with the command that recomputes it.")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON (a list of objects)")
-    p.add_argument("--cache", help="cache folder (default: $EXPLORER_CACHE or ./cache)")
+    shared.add_cache(p)
     p.add_argument("--verify", action="store_true",
                    help="read every page of every run and check its checksum; name the damaged ones (exit 1)")
     p.set_defaults(func=run)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 
+from core.cli import args as shared
 from core.train.pretrain import DEFAULTS, pretrain
 
 
@@ -13,18 +14,19 @@ def add_parser(sub):
         "DATASET's images, labels unused. Saves a save_pretrained checkpoint at --out (loadable as dir:OUT) "
         "with training_log.json; started again after a kill, it resumes from its last finished epoch.",
     )
-    p.add_argument("--dataset", required=True, help="synthetic:galaxy10?seed=.. | h5:PATH | hf:OWNER/NAME | folder:DIR")
+    shared.add_dataset(p, required=True, purpose="its images (labels unused)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--config", default=None, help="a fresh model: nano (0.83M, 64 px) | small (DINOv2-S/14) | "
                      "a JSON file of Dinov2Config fields (default nano)")
-    src.add_argument("--model", help="continue pretraining a checkpoint: hf:facebook/dinov2-small | dir:PATH")
+    shared.add_model(src, purpose="continue pretraining a DINOv2 checkpoint",
+                   forms="hf:MODEL_ID (e.g. hf:facebook/dinov2-small) | dir:PATH | demo:NAME")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     for key in ("epochs", "batch_size", "local_crops", "out_dim", "seed"):
         p.add_argument(f"--{key.replace('_', '-')}", type=int, help=f"default {DEFAULTS[key]}")
     for key in ("lr", "momentum", "teacher_temp", "weight_decay"):
         p.add_argument(f"--{key.replace('_', '-')}", type=float, help=f"default {DEFAULTS[key]}")
-    p.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    p.add_argument("--cache", help="cache folder for demo: references (default: $EXPLORER_CACHE or ./cache)")
+    shared.add_device(p)
+    shared.add_cache(p, purpose="where demo: references are found")
     p.set_defaults(func=_run)
 
 

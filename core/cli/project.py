@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+from core.cli import args as shared
 from core.analysis.maps import projection as proj
 from core.analysis.maps.store import NAMES, cached_projection, features_run, find_features, get_projection
 from core.errors import UserError
@@ -15,9 +16,7 @@ def add_parser(sub):
         "quality numbers. Choose the features with --dataset and --model (as given to `extract`) or --run KEY "
         "(from `python -m core ls`).",
     )
-    p.add_argument("--dataset", help="dataset source the features were extracted from, e.g. synthetic:galaxy10")
-    p.add_argument("--model", help="checkpoint the features were extracted with, e.g. hf:facebook/dinov2-base")
-    p.add_argument("--run", help="features key (instead of --dataset/--model)")
+    shared.add_features_choice(p)
     p.add_argument("--method", choices=proj.METHODS, default="tsne", help="map method (default tsne)")
     p.add_argument("--perplexity", type=float, help="t-SNE perplexity (default 30, as in the paper)")
     p.add_argument("--n-neighbors", type=int, help="UMAP neighbours (default 15)")
@@ -25,7 +24,7 @@ def add_parser(sub):
     p.add_argument("--align-to", metavar="KEY", help="features key of the map to start from (e.g. the generic "
                    "model's run), so the same galaxy sits in roughly the same place")
     p.add_argument("--json", action="store_true", help="print the provenance as JSON")
-    p.add_argument("--cache", help="cache folder (default: $EXPLORER_CACHE or ./cache)")
+    shared.add_cache(p)
     p.set_defaults(func=run)
 
 

@@ -17,6 +17,7 @@ from core import __version__
 from core.store import cache as store
 from core.extract import layers as layerfeatures
 from core.store import shards
+from core.store.embeddings import embedding_column
 from core.errors import UserError
 from core.models.load import load_checkpoint
 
@@ -37,11 +38,6 @@ def _meta_table(ds, rows) -> pa.Table:
     meta = ds.metadata.iloc[rows].reset_index(drop=True)
     meta.columns = [f"meta_{c}" for c in meta.columns]
     return pa.Table.from_pandas(meta, preserve_index=False)
-
-
-def _fixed_list(arr: np.ndarray) -> pa.Array:
-    arr = np.ascontiguousarray(arr, dtype=np.float32)
-    return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1])
 
 
 @dataclass
@@ -136,12 +132,12 @@ class BatchExtractor:
         cols = {
             "row": pa.array(rows, pa.int64()), "id": pa.array(ds.ids[rows].astype(str)),
             "split": pa.array(ds.splits[rows].astype(str)), "label": pa.array(ds.labels[rows], pa.int64()),
-            "embedding": _fixed_list(feats),
+            "embedding": embedding_column(feats),
         }
         if self.n_classes:
             probs = self._torch.softmax(logits.float(), -1).cpu().numpy()
             cols.update(pred=pa.array(probs.argmax(1), pa.int64()),
-                        confidence=pa.array(probs.max(1), pa.float32()), probs=_fixed_list(probs))
+                        confidence=pa.array(probs.max(1), pa.float32()), probs=embedding_column(probs))
         table = pa.table(cols)
         for name, col in zip(self.meta_schema.names, _meta_table(ds, rows).columns):
             table = table.append_column(name, col)

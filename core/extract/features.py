@@ -30,6 +30,7 @@ from pathlib import Path
 from core.store import cache as store
 from core.extract import layers as layerfeatures
 from core.store import shards
+from core.store.compute import get_or_compute
 from core.data.sources import normalize_ref, open_dataset
 from core.errors import UserError
 from core.models.load import POOLINGS, describe, fingerprint_dir, resolve
@@ -107,32 +108,37 @@ def extract(dataset_ref, model_ref: str, mode: str | None = None, split: str = "
     if blocks and engine == "ray":
         raise UserError("--layers works with the in-process engine only: leave out --engine ray")
 
-    if found := _find(path, blocks, verify):
-        return (*found, True)
-    with store.compute_lock(path):
-        if found := _find(path, blocks, verify):  # someone else may have finished while we waited
-            return (*found, True)
+    def compute():
+        want = blocks
         old = layerfeatures.cached(layerfeatures.layers_path(path), None)
-        if blocks and old:  # keep the blocks stored before
-            blocks = sorted(set(blocks) | set(old.get("layers", [])))
+        if want and old:  # keep the blocks stored before
+            want = sorted(set(want) | set(old.get("layers", [])))
         if path.exists() and not cached(path, verify):
             log(f"cached features {path.name} are damaged: recomputing")
             path.unlink()
-        shard_rows = shard_rows or shards.SHARD_ROWS
-        if shard_rows < 1:
-            raise UserError("--shard-rows must be a positive integer")
-        sharded = engine == "ray" or len(ds.rows(split)) > shard_rows
-        out = path.with_suffix("") if sharded else path
-        # the Ray engine picks the device from the cluster's resources, not this machine's
-        device = device if engine == "ray" else _pick_device(device)
-        job = Job(ds, model_ref, info, out, device, batch_size, cache, compile, sharded, shard_rows, blocks)
-        if engine == "ray":
-            from core.extract.ray import run_on_ray
+        return _compute(ds, model_ref, info, path, split, device, batch_size, cache, compile, workers, log, engine,
+                        shard_rows, ray_options, want, progress)
 
-            prov = run_on_ray(job, progress=progress, log=log, **(ray_options or {}))
-        else:
-            prov = run_local(job, progress=progress, log=log, workers=workers)
-    return out, prov, False
+    (out, prov), was_cached = get_or_compute(path, lambda _: _find(path, blocks, verify), compute)
+    return out, prov, was_cached
+
+
+def _compute(ds, model_ref, info, path, split, device, batch_size, cache, compile, workers, log, engine, shard_rows,
+             ray_options, blocks, progress) -> tuple:
+    """(run path, provenance) of a new features run: sharded when large or on Ray, else one file."""
+    shard_rows = shard_rows or shards.SHARD_ROWS
+    if shard_rows < 1:
+        raise UserError("--shard-rows must be a positive integer")
+    sharded = engine == "ray" or len(ds.rows(split)) > shard_rows
+    out = path.with_suffix("") if sharded else path
+    # the Ray engine picks the device from the cluster's resources, not this machine's
+    device = device if engine == "ray" else _pick_device(device)
+    job = Job(ds, model_ref, info, out, device, batch_size, cache, compile, sharded, shard_rows, blocks)
+    if engine == "ray":
+        from core.extract.ray import run_on_ray
+
+        return out, run_on_ray(job, progress=progress, log=log, **(ray_options or {}))
+    return out, run_local(job, progress=progress, log=log, workers=workers)
 
 
 def lookup(dataset_ref, model_ref: str, mode: str | None = None, split: str = "all", pooling: str = "auto",
@@ -196,39 +202,10 @@ def run_local(job: Job, progress: bool = True, log=print, workers: int | None = 
     errors: list = []
     log_skipped(job.ds.skipped, log)
 
-    def read():
-        # Several loader threads (numpy gathers and image decoding release the GIL),
-        # results kept in order, at most `depth` batches in flight.
-        todo = iter(chunks)
-        depth = max(2, workers * 2)
-        try:
-            with ThreadPoolExecutor(workers, thread_name_prefix="loader") as pool:
-                pending = deque((part, pool.submit(ex.load, rows)) for part, rows in islice(todo, depth))
-                while pending and not errors:
-                    part, fut = pending.popleft()
-                    ready.put((part, *fut.result()))
-                    nxt = next(todo, None)
-                    if nxt is not None:
-                        pending.append((nxt[0], pool.submit(ex.load, nxt[1])))
-        except BaseException as e:  # surfaced in the main thread
-            errors.append(e)
-        finally:
-            ready.put(_DONE)
-
-    def write():
-        try:
-            while (item := results.get()) is not _DONE:
-                part, rows, feats, logits, pooled, skipped = item
-                if pooled:
-                    layer_writer.write(job.ds, rows, pooled)
-                writer.add(part, None if feats is None else ex.table(rows, feats, logits), skipped)
-        except BaseException as e:
-            errors.append(e)
-            while results.get() is not _DONE:  # drain so the producer never blocks
-                pass
-
-    threads = [threading.Thread(target=read, daemon=True, name="reader"),
-               threading.Thread(target=write, daemon=True, name="writer")]
+    threads = [threading.Thread(target=_load_in_order, args=(ex, chunks, workers, ready, errors), daemon=True,
+                                name="reader"),
+               threading.Thread(target=_write_results, args=(job, ex, writer, layer_writer, results, errors),
+                                daemon=True, name="writer")]
     [t.start() for t in threads]
     n_todo = sum(len(rows) for _, rows in chunks)
     bar = tqdm(total=n_todo, unit="img", desc=f"extract {ex.ck.family}-{ex.ck.size_name} on {job.device}",
@@ -259,3 +236,39 @@ def run_local(job: Job, progress: bool = True, log=print, workers: int | None = 
         layer_writer.close()
         log(f"{len(job.layers)} {layerfeatures.unit_name(ex.ck.family)}s -> {layer_writer.path}")
     return finish(writer, prov, t0, t_loaded, n_todo, log, engine="local")
+
+
+def _load_in_order(ex: BatchExtractor, chunks: list, workers: int, ready: queue.Queue, errors: list) -> None:
+    """The reader thread: several loader threads (numpy gathers and image decoding release the
+    GIL) load the chunks, results are put on ``ready`` in order, at most ``2 x workers`` batches in
+    flight; then ``_DONE``. An error is appended to ``errors`` (surfaced in the main thread)."""
+    todo = iter(chunks)
+    depth = max(2, workers * 2)
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="loader") as pool:
+            pending = deque((part, pool.submit(ex.load, rows)) for part, rows in islice(todo, depth))
+            while pending and not errors:
+                part, fut = pending.popleft()
+                ready.put((part, *fut.result()))
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append((nxt[0], pool.submit(ex.load, nxt[1])))
+    except BaseException as e:  # surfaced in the main thread
+        errors.append(e)
+    finally:
+        ready.put(_DONE)
+
+
+def _write_results(job: Job, ex: BatchExtractor, writer: RunWriter, layer_writer, results: queue.Queue,
+                   errors: list) -> None:
+    """The writer thread: features (and per-block features) of each batch into the run, until ``_DONE``."""
+    try:
+        while (item := results.get()) is not _DONE:
+            part, rows, feats, logits, pooled, skipped = item
+            if pooled:
+                layer_writer.write(job.ds, rows, pooled)
+            writer.add(part, None if feats is None else ex.table(rows, feats, logits), skipped)
+    except BaseException as e:
+        errors.append(e)
+        while results.get() is not _DONE:  # drain so the producer never blocks
+            pass

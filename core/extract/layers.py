@@ -25,6 +25,7 @@ import numpy as np
 import pyarrow as pa
 
 from core.store import cache as store
+from core.store.embeddings import embedding_column
 from core.errors import UserError
 
 KINDS = ("cls", "mean")
@@ -160,11 +161,6 @@ def pool_layers(hidden_states, layers: list[int], has_cls: bool, prefix: int = 1
     return out
 
 
-def _fixed_list16(arr: np.ndarray) -> pa.Array:
-    arr = np.ascontiguousarray(arr, dtype=np.float16)
-    return pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1])
-
-
 class LayerWriter:
     """Appends per-layer features batch by batch; the file appears only on ``close(ok=True)``."""
 
@@ -182,7 +178,7 @@ class LayerWriter:
             self._w = store.AtomicParquetWriter(self.path, pa.schema(fields), self.provenance).__enter__()
         cols = {"row": pa.array(chunk, pa.int64()), "id": pa.array(ds.ids[chunk].astype(str)),
                 "split": pa.array(ds.splits[chunk].astype(str)), "label": pa.array(ds.labels[chunk], pa.int64())}
-        cols.update({name: _fixed_list16(a) for name, a in arrays.items()})
+        cols.update({name: embedding_column(a, np.float16) for name, a in arrays.items()})
         self._w.write(pa.table(cols))
 
     def close(self, ok: bool = True, exc=None):

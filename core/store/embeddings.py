@@ -1,4 +1,4 @@
-"""The one way to turn a features table's ``embedding`` column into a matrix.
+"""The one way to turn a features table's ``embedding`` column into a matrix, and back.
 
 The mapper, the dashboard's neighbour search and any script read embeddings
 through here, so a change of storage (sharded runs, another list type) is made
@@ -23,6 +23,12 @@ def embedding_matrix(column, dim: int = 0) -> np.ndarray:
         return np.zeros((0, int(dim or 0)), np.float32)
     flat = column.flatten().to_numpy(zero_copy_only=False)
     return np.ascontiguousarray(flat.reshape(n, -1), dtype=np.float32)
+
+
+def embedding_column(matrix, dtype=np.float32) -> pa.FixedSizeListArray:
+    """(n, d) array -> a fixed_size_list<``dtype``>[d] column (what features and per-layer runs store)."""
+    a = np.ascontiguousarray(matrix, dtype=dtype)
+    return pa.FixedSizeListArray.from_arrays(pa.array(a.reshape(-1)), a.shape[1])
 
 
 def read_embeddings(path, dim: int = 0) -> np.ndarray:

@@ -234,147 +234,190 @@ def pretrain(dataset, out, config: str | dict = "nano", model_ref: str | None = 
     ``options`` override :data:`DEFAULTS` (epochs, batch_size, lr, local_crops...).
     Returns ``out``, loadable as ``dir:<out>``.
     """
-    from tqdm.auto import tqdm
+    o = _options(options)
+    out, device = _check_out(out), _check_device(device)
+    dev = torch.device(device)
+    n = len(dataset)
+    steps_per_epoch = n // o["batch_size"]
+    if steps_per_epoch < 1:
+        raise UserError(f"{dataset.source} has {n} images: fewer than one batch of {o['batch_size']}")
 
+    torch.manual_seed(o["seed"])  # a fresh model's init and the head's: same seed, same weights
+    backbone, proc, start, head_file = _start_model(config, model_ref, cache)
+    run = _Run(o, dev, steps_per_epoch, backbone, proc, head_file, log)
+    # what must match for a saved state to be resumed
+    identity = {"dataset": dataset.fingerprint, "start": start, "options": {k: list(v) if isinstance(v, tuple) else v
+                                                                            for k, v in o.items()},
+                "version": STATE_VERSION}
+    state_file = _state_dir(out) / "state.pt"
+    first_epoch = run.resume(state_file, identity, log)
+
+    n_params = sum(p.numel() for p in backbone.parameters())
+    log(f"pretrain (DINO) {start.get('model') or start['config']} [{n_params / 1e6:.2f}M] on {dataset.source}: "
+        f"{n} images (labels unused), {o['epochs']} epochs x {steps_per_epoch} steps, batch {o['batch_size']}, "
+        f"2 x {run.size} px + {o['local_crops']} x {run.small} px crops, {device}")
+    t_start = time.time()
+    images = _ImageStore(dataset, dev, progress)
+    for epoch in range(first_epoch, o["epochs"]):
+        e = run.epoch(images, epoch, progress)
+        log(f"epoch {e['epoch']:>3}/{o['epochs']}  loss {e['loss']:.4f}  teacher entropy "
+            f"{e['teacher_entropy']:.3f} (ln K {e['ln_K']:.3f})  {e['seconds']:.1f} s")
+        _save_state(state_file, {"identity": identity, **run.state()})
+
+    provenance = {
+        "kind": "checkpoint", "mode": "generic", "method": "DINO self-distillation (no labels)",
+        "labels_used": False, **start, "family": "dinov2", "dataset": dataset.source,
+        "dataset_fingerprint": dataset.fingerprint, "images": n, "steps": run.total,
+        "options": identity["options"], "global_crop_px": run.size, "local_crop_px": run.small, "device": device,
+        "dtype": "bfloat16 autocast" if dev.type == "cuda" else "float32", "command": command,
+        "torch_threads": torch.get_num_threads(),
+        "seconds_this_run": round(time.time() - t_start, 1),
+        "seconds_all_epochs": round(sum(e["seconds"] for e in run.history), 1),
+        "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    _write_checkpoint(run.teacher, proc, out, provenance, run.history)
+    shutil.rmtree(_state_dir(out), ignore_errors=True)
+    log(f"saved {out} ({provenance['seconds_all_epochs']:.0f} s of training); load it with dir:{out}")
+    return out
+
+
+def _options(options: dict) -> dict:
+    """:data:`DEFAULTS` with the given options over them, checked."""
     unknown = set(options) - set(DEFAULTS)
     if unknown:
         raise UserError(f"unknown pretrain option(s): {', '.join(sorted(unknown))}")
     o = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None}}
     if o["epochs"] < 1 or o["batch_size"] < 2 or o["local_crops"] < 0:
         raise UserError("--epochs must be >= 1, --batch-size >= 2 and --local-crops >= 0")
+    return o
+
+
+def _check_out(out) -> Path:
     if out is None:
         raise UserError("say where to save the pretrained checkpoint with --out DIR")
     out = Path(out).expanduser().resolve()
     if out.exists() and not (out / "config.json").is_file() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not a checkpoint folder: choose another --out")
+    return out
+
+
+def _check_device(device: str) -> str:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("--device cuda asked for, but torch sees no GPU: use --device cpu or auto")
-    dev = torch.device(device)
-    n = len(dataset)
-    steps_per_epoch = n // o["batch_size"]
-    if steps_per_epoch < 1:
-        raise UserError(f"{dataset.source} has {n} images: fewer than one batch of {o['batch_size']}")
-    total = steps_per_epoch * o["epochs"]
+    return device
 
-    torch.manual_seed(o["seed"])  # a fresh model's init and the head's: same seed, same weights
-    backbone, proc, start, head_file = _start_model(config, model_ref, cache)
-    cfg = backbone.config
-    size = proc["size"]["height"] if isinstance(proc.get("size"), dict) and "height" in proc["size"] else cfg.image_size
-    small = local_size(size, cfg.patch_size)
-    head = DINOHead(cfg.hidden_size, o["out_dim"], o["head_hidden"], o["bottleneck"])
-    if head_file is not None:
-        from safetensors.torch import load_file
 
-        try:
-            head.load_state_dict(load_file(head_file))
-        except RuntimeError:
-            log("      (the checkpoint's DINO head has another shape: starting a fresh head)")
-    student = _Branch(backbone, head).to(dev)
-    teacher = copy.deepcopy(student).requires_grad_(False)
-    center = torch.zeros(1, o["out_dim"], device=dev)
-    decay, no_decay = [], []
-    for p in student.parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)  # no decay on biases and norms
-    optimizer = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=o["lr"],
-                                  weight_decay=o["weight_decay"])
-    # what must match for a saved state to be resumed
-    identity = {"dataset": dataset.fingerprint, "start": start, "options": {k: list(v) if isinstance(v, tuple) else v
-                                                                            for k, v in o.items()},
-                "version": STATE_VERSION}
-    state_file = _state_dir(out) / "state.pt"
-    history, first_epoch = [], 0
-    if state_file.is_file():
-        state = torch.load(state_file, map_location=dev, weights_only=False)
-        if state.get("identity") == identity:
-            student.load_state_dict(state["student"])
-            teacher.load_state_dict(state["teacher"])
-            optimizer.load_state_dict(state["optimizer"])
-            center = state["center"].to(dev)
-            history, first_epoch = state["history"], state["epoch"]
-            log(f"resuming from epoch {first_epoch}/{o['epochs']} ({state_file})")
-        else:
+class _Run:
+    """The training state of one pretraining: student and EMA teacher (backbone + DINO head), the
+    centre, the optimiser, the crops' geometry and normalisation, and the history of epochs."""
+
+    def __init__(self, o: dict, dev, steps_per_epoch: int, backbone, proc: dict, head_file, log):
+        self.o, self.dev, self.steps_per_epoch = o, dev, steps_per_epoch
+        self.total = steps_per_epoch * o["epochs"]
+        cfg = backbone.config
+        size = proc.get("size")
+        self.size = size["height"] if isinstance(size, dict) and "height" in size else cfg.image_size
+        self.small = local_size(self.size, cfg.patch_size)
+        head = DINOHead(cfg.hidden_size, o["out_dim"], o["head_hidden"], o["bottleneck"])
+        if head_file is not None:
+            from safetensors.torch import load_file
+
+            try:
+                head.load_state_dict(load_file(head_file))
+            except RuntimeError:
+                log("      (the checkpoint's DINO head has another shape: starting a fresh head)")
+        self.student = _Branch(backbone, head).to(dev)
+        self.teacher = copy.deepcopy(self.student).requires_grad_(False)
+        self.center = torch.zeros(1, o["out_dim"], device=dev)
+        decay, no_decay = [], []
+        for p in self.student.parameters():
+            (no_decay if p.ndim <= 1 else decay).append(p)  # no decay on biases and norms
+        self.optimizer = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+                                           lr=o["lr"], weight_decay=o["weight_decay"])
+        self.mean = torch.tensor(proc.get("image_mean", PROCESSOR["image_mean"]), device=dev).view(1, 3, 1, 1)
+        self.std = torch.tensor(proc.get("image_std", PROCESSOR["image_std"]), device=dev).view(1, 3, 1, 1)
+        self.history = []
+
+    def resume(self, state_file: Path, identity: dict, log) -> int:
+        """Load the state a killed run of the same identity saved; returns the first epoch to train."""
+        if not state_file.is_file():
+            return 0
+        state = torch.load(state_file, map_location=self.dev, weights_only=False)
+        if state.get("identity") != identity:
             log(f"a saved state of another run is in {state_file.parent}: starting over")
+            return 0
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.center = state["center"].to(self.dev)
+        self.history = state["history"]
+        log(f"resuming from epoch {state['epoch']}/{self.o['epochs']} ({state_file})")
+        return state["epoch"]
 
-    def autocast():  # bf16 on GPU; CPU stays fp32 (bf16 matmuls are slow on most CPUs)
-        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    def state(self) -> dict:
+        """What ``resume`` reads back, after an epoch."""
+        return {"epoch": self.history[-1]["epoch"], "student": self.student.state_dict(),
+                "teacher": self.teacher.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "center": self.center.cpu(), "history": self.history}
 
-    n_params = sum(p.numel() for p in backbone.parameters())
-    log(f"pretrain (DINO) {start.get('model') or start['config']} [{n_params / 1e6:.2f}M] on {dataset.source}: "
-        f"{n} images (labels unused), {o['epochs']} epochs x {steps_per_epoch} steps, batch {o['batch_size']}, "
-        f"2 x {size} px + {o['local_crops']} x {small} px crops, {device}")
-    t_start = time.time()
-    images = _ImageStore(dataset, dev, progress)
-    mean = torch.tensor(proc.get("image_mean", PROCESSOR["image_mean"]), device=dev).view(1, 3, 1, 1)
-    std = torch.tensor(proc.get("image_std", PROCESSOR["image_std"]), device=dev).view(1, 3, 1, 1)
+    def epoch(self, images, epoch: int, progress: bool) -> dict:
+        """Train one epoch; append and return its history entry."""
+        from tqdm.auto import tqdm
 
-    for epoch in range(first_epoch, o["epochs"]):
+        o = self.o
         t0 = time.time()
         gen = torch.Generator().manual_seed(o["seed"] * 100_003 + epoch)  # per epoch: a resumed run draws the same
-        order = torch.randperm(n, generator=gen)
-        student.train()
-        teacher.train()  # BatchNorm of the teacher uses batch statistics, as in DINO
+        order = torch.randperm(len(images), generator=gen)
+        self.student.train()
+        self.teacher.train()  # BatchNorm of the teacher uses batch statistics, as in DINO
         sums = {"loss": 0.0, "teacher_entropy": 0.0}
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{o['epochs']}", disable=not progress,
+        bar = tqdm(range(self.steps_per_epoch), desc=f"epoch {epoch + 1}/{o['epochs']}", disable=not progress,
                    file=sys.stderr, leave=False)
         for i in bar:
-            step = epoch * steps_per_epoch + i
-            lr = schedule(step, total, o["lr"], o["min_lr"], int(o["warmup"] * total))
-            for g in optimizer.param_groups:
-                g["lr"] = lr
-            t_temp = schedule(step, total, o["teacher_temp"], o["teacher_temp"],
-                              int(o["teacher_temp_warmup"] * total), o["warmup_teacher_temp"])
-            m = schedule(step, total, o["momentum"], 1.0)
+            step = epoch * self.steps_per_epoch + i
+            lr = schedule(step, self.total, o["lr"], o["min_lr"], int(o["warmup"] * self.total))
+            t_temp = schedule(step, self.total, o["teacher_temp"], o["teacher_temp"],
+                              int(o["teacher_temp_warmup"] * self.total), o["warmup_teacher_temp"])
+            m = schedule(step, self.total, o["momentum"], 1.0)
             x = images.get(order[i * o["batch_size"] : (i + 1) * o["batch_size"]])
-            globals_ = [random_crops(x, size, o["global_scale"], o["brightness"], gen) for _ in range(2)]
-            locals_ = [random_crops(x, small, o["local_scale"], o["brightness"], gen) for _ in range(o["local_crops"])]
-            g_in = (torch.cat(globals_) - mean) / std
-            crops = [g_in] + ([(torch.cat(locals_) - mean) / std] if locals_ else [])
-            with autocast():
-                with torch.no_grad():
-                    t_out = teacher([g_in]).float()
-                s_out = student(crops).float()
-            loss = dino_loss(s_out, t_out, center, 2, o["student_temp"], t_temp)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(student.parameters(), o["clip_grad"])
-            optimizer.step()
-            with torch.no_grad():
-                for ps, pt in zip(student.parameters(), teacher.parameters()):
-                    pt.mul_(m).add_(ps.detach(), alpha=1 - m)
-                center.mul_(o["center_momentum"]).add_(t_out.mean(0, keepdim=True), alpha=1 - o["center_momentum"])
-                probs = F.softmax((t_out - center) / t_temp, dim=-1)
-                entropy = float(-(probs * probs.clamp_min(1e-12).log()).sum(-1).mean())
-            sums["loss"] += loss.item()
+            loss, entropy = self._step(x, gen, lr, t_temp, m)
+            sums["loss"] += loss
             sums["teacher_entropy"] += entropy
             bar.set_postfix(loss=f"{sums['loss'] / (i + 1):.3f}")
-        history.append({"epoch": epoch + 1, "loss": round(sums["loss"] / steps_per_epoch, 5),
-                        "teacher_entropy": round(sums["teacher_entropy"] / steps_per_epoch, 4),
-                        "ln_K": round(math.log(o["out_dim"]), 4), "lr": lr, "teacher_temp": round(t_temp, 5),
-                        "momentum": round(m, 6), "seconds": round(time.time() - t0, 2)})
-        e = history[-1]
-        log(f"epoch {e['epoch']:>3}/{o['epochs']}  loss {e['loss']:.4f}  teacher entropy "
-            f"{e['teacher_entropy']:.3f} (ln K {e['ln_K']:.3f})  {e['seconds']:.1f} s")
-        _save_state(state_file, {"identity": identity, "epoch": epoch + 1, "student": student.state_dict(),
-                                 "teacher": teacher.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "center": center.cpu(), "history": history})
+        self.history.append({"epoch": epoch + 1, "loss": round(sums["loss"] / self.steps_per_epoch, 5),
+                             "teacher_entropy": round(sums["teacher_entropy"] / self.steps_per_epoch, 4),
+                             "ln_K": round(math.log(o["out_dim"]), 4), "lr": lr, "teacher_temp": round(t_temp, 5),
+                             "momentum": round(m, 6), "seconds": round(time.time() - t0, 2)})
+        return self.history[-1]
 
-    provenance = {
-        "kind": "checkpoint", "mode": "generic", "method": "DINO self-distillation (no labels)",
-        "labels_used": False, **start, "family": "dinov2", "dataset": dataset.source,
-        "dataset_fingerprint": dataset.fingerprint, "images": n, "steps": total,
-        "options": identity["options"], "global_crop_px": size, "local_crop_px": small, "device": device,
-        "dtype": "bfloat16 autocast" if dev.type == "cuda" else "float32", "command": command,
-        "torch_threads": torch.get_num_threads(),
-        "seconds_this_run": round(time.time() - t_start, 1),
-        "seconds_all_epochs": round(sum(e["seconds"] for e in history), 1),
-        "torch": torch.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-    _write_checkpoint(teacher, proc, out, provenance, history)
-    shutil.rmtree(_state_dir(out), ignore_errors=True)
-    log(f"saved {out} ({provenance['seconds_all_epochs']:.0f} s of training); load it with dir:{out}")
-    return out
+    def _step(self, x: torch.Tensor, gen, lr: float, t_temp: float, m: float) -> tuple[float, float]:
+        """One optimisation step on a batch: (loss, teacher entropy)."""
+        o = self.o
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        globals_ = [random_crops(x, self.size, o["global_scale"], o["brightness"], gen) for _ in range(2)]
+        locals_ = [random_crops(x, self.small, o["local_scale"], o["brightness"], gen) for _ in range(o["local_crops"])]
+        g_in = (torch.cat(globals_) - self.mean) / self.std
+        crops = [g_in] + ([(torch.cat(locals_) - self.mean) / self.std] if locals_ else [])
+        # bf16 on GPU; CPU stays fp32 (bf16 matmuls are slow on most CPUs)
+        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.dev.type == "cuda"):
+            with torch.no_grad():
+                t_out = self.teacher([g_in]).float()
+            s_out = self.student(crops).float()
+        loss = dino_loss(s_out, t_out, self.center, 2, o["student_temp"], t_temp)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.student.parameters(), o["clip_grad"])
+        self.optimizer.step()
+        with torch.no_grad():
+            for ps, pt in zip(self.student.parameters(), self.teacher.parameters()):
+                pt.mul_(m).add_(ps.detach(), alpha=1 - m)
+            self.center.mul_(o["center_momentum"]).add_(t_out.mean(0, keepdim=True), alpha=1 - o["center_momentum"])
+            probs = F.softmax((t_out - self.center) / t_temp, dim=-1)
+            entropy = float(-(probs * probs.clamp_min(1e-12).log()).sum(-1).mean())
+        return loss.item(), entropy
 
 
 class _ImageStore:
@@ -388,6 +431,9 @@ class _ImageStore:
                       leave=False):
             parts.append(torch.from_numpy(dataset.batch(rows[s : s + chunk])))
         self.u8 = torch.cat(parts).to(dev).permute(0, 3, 1, 2).contiguous()  # (n, 3, H, W) uint8
+
+    def __len__(self) -> int:
+        return len(self.u8)
 
     def get(self, idx: torch.Tensor) -> torch.Tensor:
         return self.u8[idx.to(self.u8.device)].float() / 255

@@ -19,6 +19,7 @@ import pandas as pd
 import pyarrow as pa
 
 from core.store import cache as store
+from core.store.compute import get_or_compute, read_parquet
 from core.analysis.maps import projection as proj
 from core.store.embeddings import embedding_matrix
 from core.errors import UserError
@@ -99,19 +100,10 @@ def _where(features_key, method, cache, params, align_to):
     return store.path_for(store.cache_dir(cache), "projections", key), params
 
 
-def _read(path) -> tuple[pd.DataFrame, dict] | None:
-    prov = store.provenance(path)
-    table = store.read_table(path) if prov else None
-    if table is None:
-        return None
-    prov.update(key=path.stem, path=str(path))
-    return table.to_pandas(), prov
-
-
 def cached_projection(features_key: str, method: str, cache=None, params=None, align_to=None):
     """``(DataFrame row, id, x, y; provenance)`` if this map is cached, else None. Never computes."""
     path, _ = _where(features_key, method, cache, params, align_to)
-    return _read(path)
+    return read_parquet(path)
 
 
 def _initial_coordinates(ids: np.ndarray, X: np.ndarray, ref: pd.DataFrame) -> np.ndarray:
@@ -142,51 +134,53 @@ def get_projection(features_key: str, method: str, cache=None, params=None, alig
     ``feature_quality`` (the feature space's kNN accuracy and silhouette, per class).
     """
     path, params = _where(features_key, method, cache, params, align_to)
-    hit = _read(path)
-    if hit is not None:
+    if (hit := read_parquet(path)) is not None:
         return hit
     run = features_run(features_key, cache)
     reference = reference_prov = None
     if align_to:  # before taking our lock: the reference map has its own
         reference, reference_prov = get_projection(align_to, method, cache, params, None, progress)
-    with store.compute_lock(path):
-        hit = _read(path)  # someone computed it while we waited
-        if hit is not None:
-            return hit
+
+    def compute():
         _say(progress, f"reading features {features_key} ({run.get('rows')} x {run.get('dim')})")
         rows, X = load_features(run, extra=("split",))  # the split: for the test-split kNN score
         if reference is not None and _same_features(rows, X, align_to, cache):
             # e.g. a head-only run: its backbone is the generic one, so its map is the generic map
             _say(progress, f"same features as {align_to}: its map, unchanged")
-            _write(path, run, method, params, align_to, rows["row"].to_numpy(np.int64), rows["id"].to_numpy(),
-                   reference[["x", "y"]].to_numpy(np.float32), same_features_as=align_to,
-                   **{k: v for k in ("fitted_params", "implementation", "quality", "feature_quality", "versions")
-                      if (v := reference_prov.get(k)) is not None}, seconds=0.0)
-            return _read(path)
-        init = _initial_coordinates(rows["id"].to_numpy(), X, reference) if reference is not None else None
-        _say(progress, f"{NAMES[method]} of {len(X):,} points" + (f", starting from the map of {align_to}" if align_to else ""))
-        start = time.perf_counter()
-        fit_params = dict(params)
-        if method == "tsne" and fit_params.get("perplexity", 30) > (len(X) - 1) / 3:
-            # small sets (e.g. 60 real photos): the largest perplexity t-SNE allows, recorded below
-            fit_params["perplexity"] = max(1.0, float((len(X) - 1) // 3))
-            _say(progress, f"perplexity lowered to {fit_params['perplexity']:g} for {len(X)} points")
-        fitted = proj.fit(method, X, init=init, progress=progress, **fit_params)
-        seconds = time.perf_counter() - start
-        _say(progress, f"scoring the map and the feature space ({seconds:.1f} s so far)")
-        quality_start = time.perf_counter()
-        quality = proj.map_quality(X, fitted.embedding, k=min(10, (len(X) - 1) // 2))  # k < 10 only for tiny runs
-        feature_quality = _feature_quality(features_key, cache, rows, X, run)
-        _write(path, run, method, params, align_to, rows["row"].to_numpy(np.int64), rows["id"].to_numpy(),
-               fitted.embedding, fitted_params=fit_params, implementation=fitted.implementation or None,
-               quality=quality, feature_quality=feature_quality, seconds=round(seconds, 3),
-               quality_seconds=round(time.perf_counter() - quality_start, 3),
-               versions=_versions(method, fitted.implementation))
-    _say(progress, f"wrote {path}")
-    hit = _read(path)
-    if hit is None:  # pragma: no cover - the file we just wrote must read back
-        raise RuntimeError(f"projection {path} did not read back after writing")
+            return _map_table(run, method, params, align_to, rows["row"].to_numpy(np.int64), rows["id"].to_numpy(),
+                              reference[["x", "y"]].to_numpy(np.float32), same_features_as=align_to,
+                              **{k: v for k in ("fitted_params", "implementation", "quality", "feature_quality",
+                                                "versions") if (v := reference_prov.get(k)) is not None}, seconds=0.0)
+        return _fit_map(run, method, params, align_to, rows, X, reference, cache, progress)
+
+    hit, was_cached = get_or_compute(path, read_parquet, compute, lambda p, result: store.write_parquet(p, *result))
+    _say(progress and not was_cached, f"wrote {path}")
     return hit
+
+
+def _fit_map(run: dict, method: str, params: dict, align_to, rows: pd.DataFrame, X: np.ndarray, reference,
+             cache, progress: bool) -> tuple[pa.Table, dict]:
+    """(table, provenance) of a new map of the features ``X``: fitted (from the reference map's
+    coordinates when aligning), then scored (map quality and feature-space quality)."""
+    init = _initial_coordinates(rows["id"].to_numpy(), X, reference) if reference is not None else None
+    _say(progress, f"{NAMES[method]} of {len(X):,} points" + (f", starting from the map of {align_to}" if align_to else ""))
+    start = time.perf_counter()
+    fit_params = dict(params)
+    if method == "tsne" and fit_params.get("perplexity", 30) > (len(X) - 1) / 3:
+        # small sets (e.g. 60 real photos): the largest perplexity t-SNE allows, recorded below
+        fit_params["perplexity"] = max(1.0, float((len(X) - 1) // 3))
+        _say(progress, f"perplexity lowered to {fit_params['perplexity']:g} for {len(X)} points")
+    fitted = proj.fit(method, X, init=init, progress=progress, **fit_params)
+    seconds = time.perf_counter() - start
+    _say(progress, f"scoring the map and the feature space ({seconds:.1f} s so far)")
+    quality_start = time.perf_counter()
+    quality = proj.map_quality(X, fitted.embedding, k=min(10, (len(X) - 1) // 2))  # k < 10 only for tiny runs
+    feature_quality = _feature_quality(run["key"], cache, rows, X, run)
+    return _map_table(run, method, params, align_to, rows["row"].to_numpy(np.int64), rows["id"].to_numpy(),
+                      fitted.embedding, fitted_params=fit_params, implementation=fitted.implementation or None,
+                      quality=quality, feature_quality=feature_quality, seconds=round(seconds, 3),
+                      quality_seconds=round(time.perf_counter() - quality_start, 3),
+                      versions=_versions(method, fitted.implementation))
 
 
 def _same_features(rows, X, other_key: str, cache) -> bool:
@@ -219,9 +213,9 @@ def _first_embeddings(path, n: int) -> np.ndarray | None:
     return embedding_matrix(batch.column("embedding"))
 
 
-def _write(path, run: dict, method: str, params: dict, align_to, rows, ids, xy, **fields):
-    """The one writer of map files: columns ``row, id, x, y`` and the provenance of CONTRACTS.md
-    (identity fields from the features run ``run``, then ``fields``)."""
+def _map_table(run: dict, method: str, params: dict, align_to, rows, ids, xy, **fields) -> tuple[pa.Table, dict]:
+    """The one form of map files: (columns ``row, id, x, y``, the provenance of CONTRACTS.md:
+    identity fields from the features run ``run``, then ``fields``)."""
     prov = {
         "kind": "projection", "features_run": run["key"], "method": method, "params": params,
         "fitted_params": params, "aligned_to": align_to or None, "rows": len(xy), "map_version": MAP_VERSION,
@@ -230,7 +224,7 @@ def _write(path, run: dict, method: str, params: dict, align_to, rows, ids, xy, 
     }
     table = pa.table({"row": np.asarray(rows, np.int64), "id": np.asarray(ids).astype(str),
                       "x": xy[:, 0], "y": xy[:, 1]}, schema=SCHEMA)
-    return store.write_parquet(path, table, prov)
+    return table, prov
 
 
 def write_layout(run: dict, method: str, xy, ids, cache=None, align_to=None, **fields):
@@ -242,7 +236,8 @@ def write_layout(run: dict, method: str, xy, ids, cache=None, align_to=None, **f
     says the map is a stand-in). Returns the file's path."""
     path, params = _where(run["key"], method, cache, None, align_to)
     fields = {"quality": {}, "feature_quality": None, **fields}
-    return _write(path, run, method, params, align_to, np.arange(len(xy)), ids, np.asarray(xy, np.float32), **fields)
+    return store.write_parquet(path, *_map_table(run, method, params, align_to, np.arange(len(xy)), ids,
+                                                 np.asarray(xy, np.float32), **fields))
 
 
 def place_points(features_key: str, method: str, X_new, cache=None, params=None, align_to=None, progress=False) -> np.ndarray:
