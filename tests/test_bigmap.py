@@ -199,7 +199,7 @@ def test_million_galaxy_box_click_and_hover_reach_the_gallery(million, monkeypat
     assert counts["true"].idxmax() == GALAXY10_CLASSES[int(inside["label"].mode()[0])] == "Merging"
     rings = _map_args(at)["rings"]
     assert [r["name"] for r in rings] == [f"selected ({len(inside):,})"] and rings[0]["selection"]
-    assert [b.label for b in at.get("download_button")] == ["Download selection (CSV)"]
+    assert [b.label for b in at.get("download_button")] == ["Download selection (CSV)", "Export this view (HTML)"]
     cards = [c.value for c in at.caption if c.value.startswith("**J")]  # the gallery: id, true class, prediction
     assert len(cards) == 24 and all(c.split("**")[1] in set(inside["id"]) and "true:" in c for c in cards)
 

@@ -38,12 +38,11 @@ def test_demo_builds_everything_the_dashboard_needs(demo_cache):
     evals = {r["features_run"]: r for r in runs if r["kind"] == "evaluation"}
     f1_full = evals[synthetic["demo:full"]["key"]]["macro_f1"]
     f1_head = evals[synthetic["demo:head"]["key"]]["macro_f1"]
-    # issue 10's targets (measured with 2 threads, bf16 on this CPU: head 0.726, full 0.875, generic kNN 0.736 and
-    # 0.728 on the test split, README); the bounds leave room for float noise from other thread counts
-    # the demo's given labels carry volunteer-like noise (core.data.synthetic: 228 of 3,000 swapped, the truth in
-    # meta_true_label), so the full finetune is judged against the true classes; the given-label F1 (the ΔF1 table,
-    # as in the paper) is capped by the noise. NOT re-measured since the noise landed (the shared machine was at
-    # load 20+): the bounds are estimates, 0.875 on clean labels minus ~7.6% noisy test labels.
+    # The demo's given labels carry volunteer-like noise (core.data.synthetic: 228 of 3,000 swapped, 7.0% of the
+    # test split; the truth in meta_true_label), so the full finetune is also judged against the true classes.
+    # Measured on a fresh build (2 threads, bf16 on this CPU; docs/BENCHMARKS.md): against the given labels head
+    # 0.665, full 0.773, generic kNN 0.692 (0.687 on the test split); against the true classes full 0.831, head
+    # 0.714. The bounds leave room for float noise from other thread counts.
     from core.analysis.evaluation import classification_report
 
     t = pq.read_table(synthetic["demo:full"]["path"], columns=["split", "pred", "meta_true_label"]).to_pandas()
@@ -53,7 +52,8 @@ def test_demo_builds_everything_the_dashboard_needs(demo_cache):
     assert f1_true >= 0.80, f1_true  # the full finetune genuinely learns the true classes
     assert f1_full >= 0.72, f1_full
     assert f1_head >= 0.60, f1_head  # the self-supervised generic features already carry the classes
-    assert 0.10 <= f1_full - f1_head <= 0.35, (f1_full, f1_head)  # the paper's DINOv2: 0.25
+    # full - head: 0.108 measured (the paper's DINOv2: 0.25); label noise caps both F1s, so the bound is 0.07
+    assert 0.07 <= f1_full - f1_head <= 0.35, (f1_full, f1_head)
     summary = json.loads((cache / "evaluations" / "summary.json").read_text())
     assert any(abs(row["delta_f1"] - (f1_full - f1_head)) < 1e-9 for row in summary["delta_f1"])
 
@@ -61,8 +61,8 @@ def test_demo_builds_everything_the_dashboard_needs(demo_cache):
     tsne = {r["features_run"]: r for r in maps if r["method"] == "tsne"}
     g, f = tsne[synthetic["demo:generic"]["key"]], tsne[synthetic["demo:full"]["key"]]
     assert f["aligned_to"] == synthetic["demo:generic"]["key"] and g["aligned_to"] is None
-    assert g["feature_quality"]["knn_accuracy"] >= 0.70, g["feature_quality"]  # generic already groups galaxies
-    assert g["feature_quality"]["test_knn_accuracy"] >= 0.68, g["feature_quality"]  # on the test split too (≥ 0.65)
+    assert g["feature_quality"]["knn_accuracy"] >= 0.66, g["feature_quality"]  # generic already groups galaxies
+    assert g["feature_quality"]["test_knn_accuracy"] >= 0.65, g["feature_quality"]  # on the test split too
     # head-only training leaves the backbone as it was: its map is the generic map itself
     h = tsne[synthetic["demo:head"]["key"]]
     assert h["same_features_as"] == synthetic["demo:generic"]["key"], h
