@@ -23,18 +23,11 @@ def add_parser(sub):
 
 
 def _run(args) -> int:
-    from core.analysis.maps.store import features_run, find_features, load_features
+    from core.analysis.maps.store import features_run, load_features
 
     if args.k < 1:
         raise UserError("--k must be a positive integer")
-    if args.run:
-        run = features_run(args.run, args.cache)
-    elif args.dataset and args.model:
-        from core.data.sources import normalize_ref
-
-        run = find_features(normalize_ref(args.dataset), normalize_ref(args.model), args.cache)
-    else:
-        raise UserError("say which features run: --run KEY, or --dataset and --model")
+    run = shared.chosen_features_run(args)
     df, prov = get_anomalies(run["key"], args.cache, progress=True, k=args.k)
     names = run.get("class_names") or []
     labels = load_features(run)[0]["label"].to_numpy()

@@ -42,6 +42,20 @@ def add_features_choice(p, purpose: str = "instead of --run"):
     add_model(p, purpose="the checkpoint the features were extracted with, with --dataset")
 
 
+def chosen_features_run(args) -> dict:
+    """The cached features run that ``add_features_choice``'s arguments name: ``--run KEY``, or ``--dataset``
+    with ``--model``; a one-line UserError when neither is given."""
+    from core.analysis.maps.store import features_run, find_features
+    from core.data.sources import normalize_ref
+    from core.errors import UserError
+
+    if args.run:
+        return features_run(args.run, args.cache)
+    if args.dataset and args.model:
+        return find_features(normalize_ref(args.dataset), normalize_ref(args.model), args.cache)
+    raise UserError("say which features run: --run KEY, or --dataset and --model")
+
+
 def add_device(p):
     """``--device auto|cuda|cpu``."""
     p.add_argument("--device", default="auto", choices=DEVICES, help="auto (default): cuda when available, else cpu")

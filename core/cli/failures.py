@@ -43,19 +43,11 @@ def _calibration(r: dict) -> dict | None:
 
 def run(args) -> int:
     from core.analysis.label_issues import label_issues
-    from core.analysis.maps.store import features_run, find_features
     from core.analysis.slices import failure_slices
 
     if args.top < 0:
         raise UserError("--top must be 0 or more")
-    if args.run:
-        r = features_run(args.run, args.cache)
-    elif args.dataset and args.model:
-        from core.data.sources import normalize_ref
-
-        r = find_features(normalize_ref(args.dataset), normalize_ref(args.model), args.cache)
-    else:
-        raise UserError("say which features run: --run KEY, or --dataset and --model")
+    r = shared.chosen_features_run(args)
     issues = label_issues(r["key"], args.cache, progress=not args.json)
     slices = failure_slices(r["key"], args.cache, map_key=args.map_key)
     if args.json:

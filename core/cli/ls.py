@@ -94,9 +94,6 @@ def run(args) -> int:
             what = (f"{r.get('library')} {r.get('metric')} index of {r.get('features_run')}, "
                     f"recall@10 {r.get('recall_at_10')} ({r.get('recall_queries')} queries)")
             shape = f"{r.get('rows')} x {r.get('dim')}"
-        elif r["kind"] == "label_issues":
-            what = f"suspicious labels ({r.get('flagged')} flagged) of {r.get('features_run')}"
-            shape = f"{r.get('rows')} x 1"
         else:
             what = f"evaluation of {r.get('features_run')}  macro F1 {r.get('macro_f1')}"
             shape = ""
