@@ -123,3 +123,23 @@ def most_and_least(similarity: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarr
     order = np.argsort(-similarity, kind="stable")
     k = min(int(k), len(order))
     return order[:k], order[::-1][:k]
+
+
+def most_similar(X, norms, q, k: int, index=None) -> tuple[np.ndarray, np.ndarray | None, dict, dict]:
+    """(the k most similar positions, the k least similar or None, {position: cosine similarity},
+    how it was searched) of feature vector ``q`` among the rows of ``X``. Without an index every
+    row is compared (``norms``: X's row norms); with the run's cosine index (a large run, ``X``
+    memory-mapped) the most similar come from it through the kNN entry point, only their rows are
+    read, and the least similar are not looked for (None): that would read every row."""
+    from core.analysis.knn import neighbours
+
+    q = np.asarray(q, np.float32).reshape(-1)
+    if index is None:
+        sim_all = cosine_similarity(X, norms, q)
+        top, bottom = most_and_least(sim_all, k)
+        both = np.r_[top, bottom]
+        return top, bottom, dict(zip(both.tolist(), sim_all[both].tolist())), {"search": "exact"}
+    near, dist, how = neighbours(X, k, queries=q[None], metric="cosine", index=index)
+    ok = near[0] >= 0
+    top = near[0][ok]
+    return top, None, dict(zip(top.tolist(), (1.0 - dist[0][ok].astype(np.float64)).tolist())), how

@@ -517,6 +517,13 @@ def test_neighbours_answer_from_the_run_index_above_the_threshold(cache_copy, mo
     from core.analysis import knn
 
     monkeypatch.setattr(knn, "EXACT_BELOW", 50)  # these runs are small: make them "large"
+
+    def whole(*a, **kw):
+        raise AssertionError("a run with an index is never loaded whole")
+
+    from dashboard import data as D
+
+    monkeypatch.setattr(D, "read_embeddings", whole)  # the rows come from the index's memory-mapped vectors
     at = view(run_app(), "Neighbours")
     at.button(key="suggest-nb-0").click()
     ok(at.run())

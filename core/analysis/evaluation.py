@@ -224,19 +224,20 @@ def knn_neighbours(X, i, k: int = 10, metric: str = "cosine", norms=None, index=
     """
     if metric not in ("cosine", "euclidean"):
         raise ValueError(f"metric must be 'cosine' or 'euclidean', got {metric!r}")
-    X = np.asarray(X, dtype=np.float32)
     single = np.ndim(i) == 0
     q_idx = np.atleast_1d(np.asarray(i, dtype=np.int64))
     n = len(X)
     from core.analysis import knn
 
-    if index is not None and n >= knn.EXACT_BELOW:
+    if index is not None and n >= knn.EXACT_BELOW:  # X may be memory-mapped: only the query rows are read
         k = min(int(k), n - 1)
-        idx, dist, how = knn.neighbours(X, k, queries=X[q_idx], metric=metric, index=index, exclude=q_idx)
+        idx, dist, how = knn.neighbours(X, k, queries=np.asarray(X[q_idx], np.float32), metric=metric,
+                                        index=index, exclude=q_idx)
         if search is not None:
             search.update(how)
         dist = dist.astype(np.float64) if metric == "cosine" else np.sqrt(dist.astype(np.float64))
         return (idx[0], dist[0]) if single else (idx, dist)
+    X = np.asarray(X, dtype=np.float32)
     if search is not None:
         search.update({"search": "exact", "device": "cuda" if single and n >= GPU_NEIGHBOURS_FROM and _gpu() else "cpu"})
     if single and n >= GPU_NEIGHBOURS_FROM and _gpu():  # at scale: X stays on the GPU between clicks

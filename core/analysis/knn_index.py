@@ -9,6 +9,16 @@ features (an in-memory matrix, or rows read from the run's parquet). Chosen by
 measurement against hnswlib and usearch (docs/BENCHMARKS.md, "Survey scale"):
 those graphs keep the vectors themselves (>= 768 bytes per galaxy even in int8).
 
+The exact re-rank reads candidates' features by position. Parquet cannot be
+read by row fast enough (a row group is decoded whole), so the build also lays
+the run's features out once as a flat ``.npy`` beside the index, in the run's
+own dtype (float16 for a float16 run), memory-mapped when searched: the
+dashboard then answers Neighbours and Find without holding the features
+(``KnnIndex.vectors``), and both metrics' indexes share it. That file is the
+features again (1,536 bytes per galaxy at 768-d float16), not part of the
+index's bytes per galaxy; its size and a checksum of 64 sampled 1 MB blocks are
+checked whenever it is opened.
+
 Built by streaming the run's ``embedding`` column in record batches (the
 features are never loaded whole): pass 1 samples training rows and query
 rows, pass 2 adds every row to the index and, for the sampled queries, keeps
@@ -17,7 +27,7 @@ search is recorded with the index (``recall_at_10``) with the build time and
 peak memory.
 
 Files: ``<cache>/indexes/<key>.faiss`` and ``<key>.json`` (parameters, recall,
-the index file's size and SHA-256). The key holds the run's key and its
+the index file's size and SHA-256), and ``<run key>-<fingerprint>.vectors.npy``. The key holds the run's key and its
 fingerprint (rows, bytes, created), so a re-extracted run gets a new index.
 The JSON is written last, atomically: it is the commit mark. An index file
 whose checksum disagrees with its JSON is never read (faiss may crash on a
@@ -25,6 +35,7 @@ damaged file): it is rebuilt.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import resource
@@ -40,11 +51,14 @@ from core.store import cache as store
 from core.store.compute import get_or_compute
 from core.store.embeddings import embedding_matrix
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: the re-rank vectors file beside the index
 LIBRARY = "faiss-cpu IVF-PQ"
 RECALL_QUERIES = 1000
 RECALL_K = 10
 METRICS = ("cosine", "euclidean")
+RECALL_TARGET = 0.95  # the build visits the fewest cells (nprobe) that reach this recall@10
+NPROBE_LADDER = (16, 32, 64, 128, 256)
+MAX_NLIST = 4096  # cells: above ~1M rows more cells cost more to train and assign than they save per query
 
 
 def _faiss():
@@ -54,13 +68,13 @@ def _faiss():
 
 
 def default_params(n: int, dim: int) -> dict:
-    """IVF-PQ parameters for ``n`` rows of ``dim`` features: ~4 sqrt(n) cells (each
+    """IVF-PQ parameters for ``n`` rows of ``dim`` features: ~4 sqrt(n) cells, at most 4,096 (each
     trained on >= 39 points), one code byte per 8 dimensions, 8-bit codes (fewer bits
     when there are too few rows to train 256 centroids)."""
-    nlist = int(max(1, min(4 * np.sqrt(n), n // 39, 65536)))
+    nlist = int(max(1, min(4 * np.sqrt(n), n // 39, MAX_NLIST)))
     m = max(d for d in range(1, max(1, dim // 8) + 1) if dim % d == 0)
     nbits = int(max(1, min(8, np.floor(np.log2(max(2, n // 39))))))
-    return {"nlist": nlist, "m": m, "nbits": nbits, "nprobe": min(nlist, 32), "rerank": 100}
+    return {"nlist": nlist, "m": m, "nbits": nbits, "nprobe": min(nlist, NPROBE_LADDER[0]), "rerank": 100}
 
 
 # ---------------------------------------------------------------- reading a run in batches
@@ -92,6 +106,63 @@ def iter_embeddings(path, batch_rows: int = 16384):
             X = embedding_matrix(b.column(0))
             yield start, X
             start += len(X)
+
+
+def row_count(path) -> int:
+    """Rows of a features run, from its footers (a sharded run: its parts')."""
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if path.is_dir():
+        from core.store import shards
+
+        return sum(pq.read_metadata(f).num_rows for f in shards.parts(path))
+    return pq.read_metadata(path).num_rows
+
+
+# ---------------------------------------------------------------- the re-rank vectors (the features, by row)
+
+SAMPLED_BLOCKS = 64
+BLOCK = 1 << 20
+
+
+def vectors_file(run: dict, cache=None) -> Path:
+    key = store.key_of("knn-vectors", INDEX_VERSION, run["key"], run_fingerprint(run))
+    return store.cache_dir(cache) / "indexes" / f"{key}.vectors.npy"
+
+
+def vectors_dtype(run: dict):
+    return np.float16 if str(run.get("dtype")) == "float16" else np.float32
+
+
+def sampled_checksum(path) -> str:
+    """SHA-256 of the file's size and of 64 evenly spaced 1 MB blocks (a 15 GB file in ~0.1 s)."""
+    path = Path(path)
+    size = path.stat().st_size
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as fh:
+        for off in sorted({int(x) for x in np.linspace(0, max(0, size - BLOCK), SAMPLED_BLOCKS)}):
+            fh.seek(off)
+            h.update(fh.read(BLOCK))
+    return h.hexdigest()
+
+
+def open_vectors(path, meta: dict | None = None) -> np.ndarray | None:
+    """The memory-mapped (n, d) re-rank vectors, or None when missing, truncated, of another
+    shape than ``meta`` records, or failing its sampled checksum."""
+    path = Path(path)
+    try:
+        V = np.load(path, mmap_mode="r")
+    except Exception:
+        return None
+    if V.ndim != 2:
+        return None
+    if meta is not None:
+        if list(V.shape) != meta.get("shape") or str(V.dtype) != meta.get("dtype"):
+            return None
+        if meta.get("checksum") != sampled_checksum(path):
+            return None
+    return V
 
 
 class ParquetRows:
@@ -153,8 +224,9 @@ class KnnIndex:
     Distances: squared euclidean for "euclidean", cosine distance (1 - cos) for
     "cosine", both recomputed exactly on the re-ranked candidates."""
 
-    def __init__(self, index, meta: dict, path: Path | None = None):
+    def __init__(self, index, meta: dict, path: Path | None = None, vectors: np.ndarray | None = None):
         self.index, self.meta, self.path = index, meta, path
+        self.vectors = vectors  # (n, d) memory-mapped features for the re-rank, when built
         self.metric = meta["metric"]
         self.index.nprobe = int(meta["params"]["nprobe"])
 
@@ -168,8 +240,10 @@ class KnnIndex:
 
     def search(self, queries, k: int, rows=None, exclude=None, rerank: int | None = None):
         """``k`` nearest rows to each query (m, d). ``rows``: an (n, d) matrix or a
-        callable positions -> (len, d) matrix for the exact re-rank; ``exclude``: one
-        position per query to leave out (the query's own row), or None."""
+        callable positions -> (len, d) matrix for the exact re-rank (None: the index's
+        own ``vectors``); ``exclude``: one position per query to leave out (the query's
+        own row), or None."""
+        rows = self.vectors if rows is None else rows
         if rows is None:
             raise ValueError("the index re-ranks from the features: pass rows (a matrix or ParquetRows)")
         Q = _prepare(np.atleast_2d(queries), self.metric)
@@ -185,7 +259,10 @@ class KnnIndex:
             if own is not None:
                 bad |= cand == own[s:s + 256, None]
             cand = np.where(bad, 0, cand)
-            if isinstance(rows, np.ndarray):
+            if isinstance(rows, np.memmap):  # read each row once, in file order
+                flat, inv = np.unique(cand, return_inverse=True)
+                V = _prepare(rows[flat], self.metric)[inv.reshape(-1)].reshape(*cand.shape, -1)
+            elif isinstance(rows, np.ndarray):
                 V = _prepare(rows[cand.ravel()], self.metric).reshape(*cand.shape, -1)
             else:
                 flat, inv = np.unique(cand, return_inverse=True)
@@ -244,7 +321,12 @@ def cached_index(run: dict, metric: str = "cosine", cache=None, **params) -> Knn
         return None
     if index.ntotal != meta.get("rows"):
         return None
-    return KnnIndex(index, meta, path)
+    vectors = None
+    if meta.get("vectors"):
+        vectors = open_vectors(path.parent / meta["vectors"]["file"], meta["vectors"])
+        if vectors is None:  # missing or damaged: rebuilt with the index
+            return None
+    return KnnIndex(index, meta, path, vectors)
 
 
 def get_index(run: dict, metric: str = "cosine", cache=None, progress: bool = False, **params) -> KnnIndex:
@@ -256,7 +338,19 @@ def get_index(run: dict, metric: str = "cosine", cache=None, progress: bool = Fa
     path, meta_path, key = index_paths(run, metric, cache, **params)
 
     def compute():
-        index, meta = build_index(run["path"], metric, progress=progress, **params)
+        vpath = vectors_file(run, cache)
+        vmeta = _vectors_meta(vpath)
+        have = vmeta is not None and open_vectors(vpath, vmeta) is not None
+        with contextlib.ExitStack() as stack:
+            out = None if have else stack.enter_context(store.atomic_path(vpath))
+            index, meta = build_index(run["path"], metric, progress=progress, vectors_out=out,
+                                      vectors_dtype=vectors_dtype(run), **params)
+        if not have:
+            V = np.load(vpath, mmap_mode="r")
+            vmeta = {"file": vpath.name, "shape": list(V.shape), "dtype": str(V.dtype), "bytes": vpath.stat().st_size,
+                     "checksum": sampled_checksum(vpath)}
+            store.write_json(vpath.with_suffix(".json"), vmeta)
+        meta["vectors"] = vmeta
         meta.update(kind="knn-index", key=key, features_run=run["key"], run=run_fingerprint(run),
                     dataset=run.get("dataset"), model=run.get("model"))
         faiss = _faiss()
@@ -265,24 +359,30 @@ def get_index(run: dict, metric: str = "cosine", cache=None, progress: bool = Fa
         meta.update(bytes=path.stat().st_size, sha256=_sha256(path),
                     bytes_per_galaxy=round(path.stat().st_size / max(1, index.ntotal), 1))
         store.write_json(meta_path, meta)  # last: the commit mark
-        return KnnIndex(index, meta, path)
+        return KnnIndex(index, meta, path, open_vectors(vpath, vmeta))
 
     return get_or_compute(meta_path, lambda _: cached_index(run, metric, cache, **params), compute)[0]
 
 
+def _vectors_meta(vpath: Path) -> dict | None:
+    try:
+        return json.loads(vpath.with_suffix(".json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def build_index(features_path, metric: str = "cosine", progress: bool = False, seed: int = 0,
-                recall_queries: int = RECALL_QUERIES, **params):
-    """(faiss index, meta) of a features run, streamed in batches (see the module doc)."""
+                recall_queries: int = RECALL_QUERIES, vectors_out=None, vectors_dtype=np.float32, **params):
+    """(faiss index, meta) of a features run, streamed in batches (see the module doc);
+    ``vectors_out``: a path to write the run's features to as an (n, d) ``.npy`` of
+    ``vectors_dtype`` in the same pass (the re-rank vectors)."""
     faiss = _faiss()
     t0 = time.perf_counter()
     rss0 = _peak_rss_mb()
     rng = np.random.default_rng(seed)
     # pass 1: the row count, a training sample and the recall queries
-    n = 0
-    dim = 0
-    for _, X in iter_embeddings(features_path):
-        n += len(X)
-        dim = X.shape[1]
+    n = row_count(features_path)
+    dim = int(store.read_schema(features_path).field("embedding").type.list_size)
     if n < 2:
         raise UserError(f"an index needs at least 2 galaxies; {features_path} has {n}")
     p = {**default_params(n, dim), **{k: v for k, v in params.items() if v is not None}}
@@ -306,7 +406,10 @@ def build_index(features_path, metric: str = "cosine", progress: bool = False, s
     best_i = np.full((len(Q), kq), -1, np.int64)
     best_d = np.full((len(Q), kq), np.inf, np.float32)
     q_norms = np.einsum("ij,ij->i", Q, Q)
+    V = None if vectors_out is None else np.lib.format.open_memmap(vectors_out, "w+", vectors_dtype, (n, dim))
     for start, X in iter_embeddings(features_path):
+        if V is not None:
+            V[start:start + len(X)] = X
         X = _prepare(X, metric)
         index.add(X)
         D = q_norms[:, None] + np.einsum("ij,ij->i", X, X)[None, :] - 2 * (Q @ X.T)
@@ -322,25 +425,43 @@ def build_index(features_path, metric: str = "cosine", progress: bool = False, s
             print(f"\rindex: {start + len(X):,} / {n:,} galaxies", end="", file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
+    if V is not None:
+        V.flush()
+        del V
     t_build = time.perf_counter() - t0
-    # recall@10 of the index (with its exact re-rank) against the exact search
+    # recall@10 of the index (with its exact re-rank) against the exact search; unless nprobe was
+    # given, the fewest cells to visit that reach RECALL_TARGET on these queries
     kidx = KnnIndex(index, {"metric": metric, "params": p})
-    cand = kidx.candidates(Q, int(p["rerank"]) + 1)
-    found = 0
-    coded = 0
-    for r in range(len(Q)):
-        c = cand[r][(cand[r] >= 0) & (cand[r] != query_rows[r])]
-        coded += len(np.intersect1d(c[:kq], best_i[r]))
-        found += len(np.intersect1d(c, best_i[r]))  # re-ranked exactly, the true ones among c come first
+    ladder = [p["nprobe"]] if "nprobe" in params and params["nprobe"] is not None else \
+        sorted({min(p["nlist"], v) for v in NPROBE_LADDER})
+    by_nprobe = {}
+    for nprobe in ladder:
+        index.nprobe = int(nprobe)
+        found, coded = _recall(kidx.candidates(Q, int(p["rerank"]) + 1), query_rows, best_i, kq)
+        by_nprobe[int(nprobe)] = round(found, 4)
+        if found >= RECALL_TARGET:
+            break
+    p["nprobe"] = int(nprobe)
+    found = by_nprobe[int(nprobe)]
     t_total = time.perf_counter() - t0
     meta = {"version": INDEX_VERSION, "library": LIBRARY, "faiss": faiss.__version__, "metric": metric,
             "rows": int(index.ntotal), "dim": int(dim), "params": p,
-            "recall_at_10": round(found / (len(Q) * kq), 4), "recall_at_10_without_rerank": round(coded / (len(Q) * kq), 4),
+            "recall_at_10": found, "recall_at_10_without_rerank": round(coded, 4), "recall_by_nprobe": by_nprobe,
             "recall_queries": int(len(Q)), "recall_seed": seed,
             "seconds": {"train": round(t_train, 2), "add": round(t_build - t_train, 2), "total": round(t_total, 2)},
             "peak_rss_mb": _peak_rss_mb(), "peak_rss_mb_before": rss0,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     return index, meta
+
+
+def _recall(cand: np.ndarray, query_rows: np.ndarray, truth: np.ndarray, kq: int) -> tuple[float, float]:
+    """(recall@kq after the exact re-rank of the candidates, recall@kq of the coded order)."""
+    found = coded = 0
+    for r in range(len(cand)):
+        c = cand[r][(cand[r] >= 0) & (cand[r] != query_rows[r])]
+        coded += len(np.intersect1d(c[:kq], truth[r]))
+        found += len(np.intersect1d(c, truth[r]))  # re-ranked exactly, the true ones among c come first
+    return found / (len(cand) * kq), coded / (len(cand) * kq)
 
 
 def _peak_rss_mb() -> float:

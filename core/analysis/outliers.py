@@ -102,6 +102,43 @@ def scores(X, k: int = 10, n_estimators: int = 200, seed: int = 42, index=None,
                          "knn_raw": raw_knn, "iforest_raw": raw_forest})
 
 
+def streamed_scores(index, k: int = 10, n_estimators: int = 200, seed: int = 42, search: dict | None = None,
+                    batch: int = 4096, fit_rows: int = 100_000, progress: bool = False) -> pd.DataFrame:
+    """:func:`scores` of every galaxy of a run too large to hold, read in batches from its
+    index's memory-mapped features (``index.vectors``): kNN distances from the index
+    (each galaxy a query, its own row left out); the isolation forest fitted on a seeded
+    sample of ``fit_rows`` galaxies (each tree draws 256 of them, as it would from all)
+    with the sample's mean and spread, then applied batch by batch."""
+    V = index.vectors
+    if V is None:
+        raise UserError("this index has no re-rank vectors; rebuild it (delete it and search again)")
+    n = len(V)
+    k = max(1, min(int(k), n - 1))
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, min(n, fit_rows), replace=False))
+    forest = _forest(np.asarray(V[sample], np.float32), n_estimators, seed)
+    raw_knn = np.empty(n, np.float64)
+    raw_forest = np.empty(n, np.float64)
+    how = {}
+    t0 = time.perf_counter()
+    for s in range(0, n, batch):
+        Q = np.asarray(V[s:s + batch], np.float32)
+        _, dist, how = neighbours(None, k, queries=Q, metric="cosine", index=index, rows=V,
+                                  exclude=np.arange(s, s + len(Q)), exact_below=0)
+        raw_knn[s:s + len(Q)] = dist.astype(np.float64).mean(1)
+        raw_forest[s:s + len(Q)] = forest(Q)
+        if progress:
+            done = s + len(Q)
+            print(f"\routlier scores: {done:,} / {n:,} galaxies, {time.perf_counter() - t0:.0f} s", end="",
+                  file=sys.stderr, flush=True)
+    if progress:
+        print(file=sys.stderr)
+    if search is not None:
+        search.update(how, iforest_fit_rows=len(sample))
+    return pd.DataFrame({"knn": scale_0_5(raw_knn), "iforest": scale_0_5(raw_forest),
+                         "knn_raw": raw_knn, "iforest_raw": raw_forest})
+
+
 def score_against(X_ref, X_new, k: int = 10, n_estimators: int = 200, seed: int = 42) -> pd.DataFrame:
     """Outlier scores of new galaxies (m, d) measured against a reference set (n, d):
     on the reference's 0-5 scale (may exceed 5: weirder than any reference galaxy) and
@@ -147,15 +184,21 @@ def get_anomalies(features_key: str, cache=None, progress: bool = False, **param
     def compute():
         if progress:
             print(f"outlier scores of {run.get('rows')} galaxies ({features_key})", file=sys.stderr, flush=True)
-        rows, X = load_features(run)
         t0 = time.perf_counter()
-        index = get_index(run, "cosine", cache, progress=progress) if len(X) >= knn.EXACT_BELOW else None
         search = {}
-        s = scores(X, **params, index=index, search=search)
+        if int(run.get("rows") or 0) >= knn.EXACT_BELOW:  # survey scale: the features are never loaded whole
+            rows = store.read_table(run["path"], columns=["row", "id"]).to_pandas()
+            index = get_index(run, "cosine", cache, progress=progress)
+            s = streamed_scores(index, **params, search=search, progress=progress)
+            n = len(rows)
+        else:
+            rows, X = load_features(run)
+            s = scores(X, **params, search=search)
+            n = len(X)
         prov = {"search": search, "kind": "anomalies", "features_run": features_key, "version": ANOMALY_VERSION, "params": params,
                 "methods": METHODS, "scale": "0-5 min-max over the run, 5 = weirdest (Astronomaly)",
                 "dataset": run.get("dataset"), "model": run.get("model"), "mode": run.get("mode"),
-                "rows": len(X), "seconds": round(time.perf_counter() - t0, 3)}
+                "rows": n, "seconds": round(time.perf_counter() - t0, 3)}
         return pa.table({"row": rows["row"].to_numpy(np.int64), "id": rows["id"].astype(str).to_numpy(),
                          "knn": s["knn"].to_numpy(np.float32), "iforest": s["iforest"].to_numpy(np.float32)}), prov
 

@@ -6,6 +6,7 @@ import numpy as np
 from core.cli import args as shared
 from core.analysis.outliers import DEFAULTS, METHODS, get_anomalies, ranks, score_against
 from core.errors import UserError
+from core.store import cache as store
 
 
 def add_parser(sub):
@@ -30,7 +31,7 @@ def _run(args) -> int:
     run = shared.chosen_features_run(args)
     df, prov = get_anomalies(run["key"], args.cache, progress=True, k=args.k)
     names = run.get("class_names") or []
-    labels = load_features(run)[0]["label"].to_numpy()
+    labels = store.read_table(run["path"], columns=["label"]).column("label").to_numpy()  # not the features
     combined = (df["knn"] + df["iforest"]).to_numpy()
     print(f"{len(df)} galaxies of {run.get('dataset')} with {run.get('model')}; scores 0-5, 5 = weirdest")
     for name in ("knn", "iforest"):

@@ -93,6 +93,8 @@ def run(args) -> int:
         elif r["kind"] == "knn-index":
             what = (f"{r.get('library')} {r.get('metric')} index of {r.get('features_run')}, "
                     f"recall@10 {r.get('recall_at_10')} ({r.get('recall_queries')} queries)")
+            if (r.get("vectors") or {}).get("bytes"):
+                what += f"; re-rank vectors {_size(r['vectors']['bytes'])} ({r['vectors']['dtype']})"
             shape = f"{r.get('rows')} x {r.get('dim')}"
         else:
             what = f"evaluation of {r.get('features_run')}  macro F1 {r.get('macro_f1')}"

@@ -22,6 +22,7 @@ VERBS = {
     "demo": "core.cli.demo",
     "pretrain": "core.cli.pretrain",
     "anomalies": "core.cli.anomalies",
+    "index": "core.cli.index",
     "failures": "core.cli.failures",
     "export": "core.cli.export",
 }

@@ -91,7 +91,7 @@ def list_runs(cache=None) -> list[dict]:
             runs += shards.list_sharded(cache / kind)
     for p in sorted((cache / "indexes").glob("*.json")):  # kNN indexes (core.analysis.knn_index)
         index = p.with_suffix(".faiss")
-        if p.name.startswith(".") or not index.exists():
+        if p.name.startswith(".") or p.name.endswith(".vectors.json") or not index.exists():
             continue
         try:
             obj = json.loads(p.read_text())
@@ -147,15 +147,20 @@ def list_damaged(cache=None, runs: list[dict] | None = None) -> list[dict]:
         if kind == "features":
             out += shards.list_damaged(cache / kind)
     for p in sorted({*(cache / "indexes").glob("*.json"), *(cache / "indexes").glob("*.faiss")}):
-        if p.name.startswith(".") or (p.suffix == ".faiss" and p.with_suffix(".json").exists()):
+        if p.name.startswith(".") or p.name.endswith(".vectors.json") or (
+                p.suffix == ".faiss" and p.with_suffix(".json").exists()):
             continue
         index = p.with_suffix(".faiss")
         try:
             meta = json.loads(p.read_text()) if p.suffix == ".json" else None
+            vec = (meta or {}).get("vectors") or {}
+            vfile = p.parent / vec["file"] if vec.get("file") else None
             why = ("its JSON (parameters, checksum) is missing" if meta is None else
                    "index file missing" if not index.exists() else
                    f"{_size(index):,} bytes, its JSON says {meta.get('bytes')} (truncated?)"
-                   if meta.get("bytes") != _size(index) else None)
+                   if meta.get("bytes") != _size(index) else
+                   f"its re-rank vectors {vfile.name} are missing or not {vec.get('bytes'):,} bytes (truncated?)"
+                   if vfile is not None and (not vfile.exists() or _size(vfile) != vec.get("bytes")) else None)
         except Exception as e:
             why = f"its JSON does not read back ({type(e).__name__})"
         if why:

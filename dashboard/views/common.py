@@ -123,8 +123,13 @@ def search_note(how: dict) -> str:
     return "exact search"
 
 
-def embeddings(run: dict) -> tuple[np.ndarray, np.ndarray]:
-    """(X, row norms of X) of a features run, in the order of its RunData frame."""
+def embeddings(run: dict) -> tuple[np.ndarray, np.ndarray | None]:
+    """(X, row norms of X) of a features run, in the order of its RunData frame. A run
+    large enough for an index (``run_index``) is never loaded: X is the index's
+    memory-mapped features (rows are read when asked for) and the norms are None."""
+    index = run_index(run, "cosine")
+    if index is not None and index.vectors is not None:
+        return index.vectors, None
     return _embeddings(run["path"], mtime(run["path"]))
 
 

@@ -7,11 +7,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from core.analysis.knn import neighbours
 from core.data import sky
 
 from .. import data as D
-from ..astro import cosine_similarity, has_sky, most_and_least, positions
+from ..astro import has_sky, most_similar, positions
 from .common import Context, embeddings, gallery, run_data, run_index, search_note
 
 HOW = {"id": "by id", "position": "by sky position", "image": "by image"}
@@ -154,23 +153,22 @@ def similar_to_upload(ctx: Context, run: dict, image: np.ndarray, digest: str, k
     if len(q) != X.shape[1]:
         st.error(f"The checkpoint gives {len(q)}-d features but this run holds {X.shape[1]}-d ones.")
         return
-    sim = cosine_similarity(X, norms, q)
-    top, bottom = most_and_least(sim, k)
-    index = run_index(run, "cosine")
-    how = {"search": "exact"}
-    if index is not None:  # the most similar from the run's index, through the kNN entry point
-        near, _, how = neighbours(X, k, queries=np.asarray(q, np.float32)[None], metric="cosine", index=index)
-        top = near[0][near[0] >= 0]
+    top, bottom, sim, how = most_similar(X, norms, q, k, run_index(run, "cosine"))
     if probs is not None:
         mapping = D.prediction_mapping(data.class_names, run.get("id2label"))
         if mapping is not None and 0 <= mapping[int(np.argmax(probs))] < len(data.class_names):
             st.caption(f"Its head says: {data.class_names[mapping[int(np.argmax(probs))]]} ({probs.max():.2f})")
     labels = data.frame["true"].to_numpy()
+    s_top = np.array([sim[p] for p in top])
     st.caption(f"Most similar: {pd.Series(labels[top]).value_counts().idxmax()} "
                f"({(labels[top] == pd.Series(labels[top]).value_counts().idxmax()).sum()} of {len(top)}); "
-               f"cosine similarity {sim[top].min():.4f}–{sim[top].max():.4f}; {search_note(how)}.")
+               f"cosine similarity {s_top.min():.4f}–{s_top.max():.4f}; {search_note(how)}.")
     gallery(ctx, top, key=f"up-top-{run['key']}", data=data, columns=4, limit=k,
             notes=[f"**similarity {sim[p]:.4f}**" for p in top])
+    if bottom is None:
+        st.caption(f"The least similar are not shown for a run this large: finding them reads all "
+                   f"{data.n:,} galaxies' features, which the index avoids.")
+        return
     with st.expander(f"Least similar ({k})"):
         gallery(ctx, bottom, key=f"up-bottom-{run['key']}", data=data, columns=4, limit=k,
                 notes=[f"similarity {sim[p]:.4f}" for p in bottom], neighbours_button=False)

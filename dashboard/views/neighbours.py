@@ -33,7 +33,7 @@ def neighbours_view(ctx: Context) -> None:
         st.markdown("**Try one of these**" + (" (the most confident mistakes)" if ctx.data.has_predictions else ""))
         gallery(ctx, suggestions(ctx), key="suggest")
         return
-    hits = np.flatnonzero(ctx.data.frame["id"].astype(str).to_numpy() == galaxy)
+    hits = np.flatnonzero(ctx.data.ids == galaxy)
     if not len(hits):
         st.warning(f"No galaxy with id {galaxy!r} in this run.")
         return
