@@ -59,10 +59,13 @@ PLOTLY_GREY = """(on) => [...document.querySelectorAll('.js-plotly-plot')].some(
     && gd._fullData.some(t => (t.name || '').startsWith('other classes')) === on)"""
 
 
-def big_run(work: Path, n: int) -> Path:
-    """The cache of an n-galaxy run, written once by make_big_run and reused."""
+def big_run(work: Path, n: int, given: dict | None = None) -> Path:
+    """The cache of an n-galaxy run, written once by make_big_run and reused (or one given with
+    --cache N=PATH, e.g. the 10M rehearsal written by `make_big_run.py --rows 10000000 --dim 768`)."""
     import make_big_run
 
+    if given and n in given:
+        return Path(given[n])
     cache = work / str(n) / "cache"
     if not list((cache / "features").glob("*.parquet")):
         make_big_run.make(cache, rows=n)
@@ -230,7 +233,34 @@ def clear(page, frame) -> tuple[float, dict]:
     return time.perf_counter() - t, got
 
 
-def measure(cache: Path, n: int, renderer: str) -> dict:
+def neighbours_trip(page, galaxy: str) -> float:
+    """Seconds from Enter in the Neighbours view's "Galaxy id" box to the answer on the page (its
+    caption: "k of 8 neighbours share its class"), from a cleared box."""
+    box = page.get_by_label("Galaxy id")
+    box.fill("")
+    box.press("Enter")
+    page.get_by_text("Try one of these").first.wait_for(timeout=300_000)
+    box.fill(galaxy)
+    t = time.perf_counter()
+    box.press("Enter")
+    page.get_by_text("neighbours share its class").first.wait_for(timeout=600_000)
+    return time.perf_counter() - t
+
+
+def measure_neighbours(browser, url: str, n: int, tries: int = 4) -> dict:
+    """The Neighbours view of a galaxy: the first answer (it opens the run's index) and the next ones."""
+    page = browser.new_page(viewport={"width": 1500, "height": 1000})
+    page.goto(url + "/?view=Neighbours")
+    page.get_by_label("Galaxy id").wait_for(timeout=300_000)
+    rng = __import__("random").Random(0)
+    trips = [neighbours_trip(page, f"J{rng.randrange(n):07d}") for _ in range(tries)]
+    caption = page.get_by_text("neighbours share its class").first.inner_text()
+    page.close()
+    return {"neighbours, first (s)": round(trips[0], 3), "neighbours, next (s)": [round(t, 3) for t in trips[1:]],
+            "neighbours round trip (s)": round(statistics.median(trips[1:]), 3), "neighbours caption": caption}
+
+
+def measure(cache: Path, n: int, renderer: str, neighbours: bool = False) -> dict:
     from tests.browser_fixtures import chromium, served
 
     os.environ["EXPLORER_BIG_MAP_POINTS"] = "0" if renderer == "webgl" else str(10**9)
@@ -287,6 +317,8 @@ def measure(cache: Path, n: int, renderer: str) -> dict:
                 out["selection phases (s since the mouse up / click)"] = got
                 out["selection round trip (s)"] = round(statistics.median(sel), 3)
             page.close()
+            if neighbours and renderer == "webgl":
+                out.update(measure_neighbours(browser, url, n))
         out.update(rss(proc.pid))
     return out
 
@@ -317,7 +349,13 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=str(Path(tempfile.gettempdir()) / "bigmap-runs"),
                     help="where the runs are written and reused (default /tmp/bigmap-runs)")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--cache", nargs="*", default=[], metavar="N=PATH",
+                    help="use an existing cache for size N (e.g. 10000000=/tmp/10m/cache) instead of writing one")
+    ap.add_argument("--neighbours", action="store_true",
+                    help="also time the Neighbours view of typed galaxy ids (needs the run's index: "
+                         "python -m core index --run KEY)")
     args = ap.parse_args(argv)
+    given = {int(a.split("=", 1)[0]): a.split("=", 1)[1] for a in args.cache}
     print(f"load average (1, 5, 15 min) at the start: {os.getloadavg()} on {os.cpu_count()} CPUs "
           "(numbers taken under load are not comparable)", flush=True)
     import logging
@@ -325,9 +363,9 @@ def main(argv=None) -> int:
     logging.getLogger("streamlit").setLevel(logging.ERROR)
     results = []
     for n in args.sizes:
-        cache = big_run(Path(args.work), n)
+        cache = big_run(Path(args.work), n, given)
         for renderer in (["plotly"] if n in args.plotly_sizes else []) + ["webgl"]:
-            r = measure(cache, n, renderer)
+            r = measure(cache, n, renderer, args.neighbours)
             r["load average (1, 5, 15 min) after"] = list(os.getloadavg())
             results.append(r)
             print(json.dumps(r), flush=True)

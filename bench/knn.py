@@ -3,6 +3,7 @@
     python bench/knn.py                                   # 17,736 x 768 exact + a 100k-row index
     python bench/knn.py --index-rows 1000000 --outliers   # the index at 1M, outlier scores from it
     python bench/knn.py --libraries --index-rows 100000   # faiss IVF-PQ vs hnswlib vs usearch
+    python bench/knn.py --exact-rows 0 --run KEY --cache /tmp/10m/cache   # the 10M rehearsal's index
 
 Features are synthetic, shaped like real embeddings: 10 clusters (Galaxy10's
 classes), each a 16-d linear manifold in 768-d plus a little isotropic noise
@@ -106,7 +107,7 @@ def write_run(cache: Path, n: int, dim: int = 768, chunk: int = 100_000) -> dict
     path = store.path_for(store.cache_dir(cache), "features", key)
     prov = {"kind": "features", "format": 1, "dataset": "synthetic:bench-knn", "model": "bench", "mode": "generic",
             "pooling": "cls", "split": "all", "class_names": [f"c{i}" for i in range(CLASSES)], "rows": n, "dim": dim,
-            "has_head": False, "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "has_head": False, "dtype": "float16", "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     schema = pa.schema([("row", pa.int64()), ("id", pa.string()), ("label", pa.int64()),
                         ("embedding", pa.list_(pa.float16(), dim))])
     with store.AtomicParquetWriter(path, schema, prov) as w:
@@ -119,19 +120,26 @@ def write_run(cache: Path, n: int, dim: int = 768, chunk: int = 100_000) -> dict
     return {**prov, "key": key, "path": str(path), "bytes": path.stat().st_size}
 
 
-def index_goals(n: int, cache: Path, outliers: bool, subset: int) -> dict:
-    run = write_run(cache, n)
+def index_goals(n: int, cache: Path, outliers: bool, subset: int, run_key: str | None = None) -> dict:
+    if run_key:  # an existing run, e.g. the 10M rehearsal (bench/make_big_run.py --rows 10000000 --dim 768)
+        from core.analysis.maps.store import features_run
+
+        run = features_run(run_key, cache)
+        n = int(run["rows"])
+    else:
+        run = write_run(cache, n)
     load0 = load()
     t = time.perf_counter()
     index = knn_index.get_index(run, "cosine", cache, progress=True)
     t_build = time.perf_counter() - t
     meta = index.meta
-    X = np.concatenate([x for _, x in knn_index.iter_embeddings(run["path"])])  # for the re-rank, as the dashboard holds it
+    V = index.vectors  # the memory-mapped features the re-rank reads, as the dashboard does: never loaded whole
     rng = np.random.default_rng(1)
     times = []
     for i in rng.choice(n, 200, replace=False):
         t = time.perf_counter()
-        knn.neighbours(X, 10, queries=X[i:i + 1], metric="cosine", index=index, exclude=[i], exact_below=0)
+        knn.neighbours(V, 10, queries=np.asarray(V[i:i + 1], np.float32), metric="cosine", index=index, exclude=[i],
+                       exact_below=0)
         times.append(time.perf_counter() - t)
     p50, p95 = (float(np.percentile(times, q)) * 1000 for q in (50, 95))
     out = {"rows": n, "library": meta["library"], "params": meta["params"], "build_s": round(t_build, 1),
@@ -140,34 +148,54 @@ def index_goals(n: int, cache: Path, outliers: bool, subset: int) -> dict:
            "recall_at_10_without_rerank": meta["recall_at_10_without_rerank"], "recall_queries": meta["recall_queries"],
            "query_p50_ms": round(p50, 2), "query_p95_ms": round(p95, 2),
            "goal_p95_100ms_met": p95 <= 100, "goal_recall_0.95_met": meta["recall_at_10"] >= 0.95,
-           "goal_128B_met": meta["bytes_per_galaxy"] <= 128, "load_before": load0, "load_after": load()}
+           "goal_128B_met": meta["bytes_per_galaxy"] <= 128, "recall_by_nprobe": meta.get("recall_by_nprobe"),
+           "rerank_vectors_bytes_per_galaxy": round((meta.get("vectors") or {}).get("bytes", 0) / n, 1),
+           "opened_or_built_s": round(t_build, 1), "process_peak_rss_mb": round(
+               resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), "load_before": load0, "load_after": load()}
     print(f"index {n:,} x 768: build {t_build:.1f} s (peak RSS {meta['peak_rss_mb']:.0f} MB), "
           f"{meta['bytes_per_galaxy']} B/galaxy, recall@10 {meta['recall_at_10']} ({meta['recall_queries']} queries; "
           f"{meta['recall_at_10_without_rerank']} without re-rank), query p50 {p50:.1f} ms p95 {p95:.1f} ms; "
           f"load {load0} -> {load()}", flush=True)
     if outliers:
-        from core.analysis.outliers import knn_distance
+        from core.analysis.outliers import streamed_scores
 
-        knn.EXACT_BELOW = 1  # the index for every query
         t = time.perf_counter()
-        fast = knn_distance(X, 10, index=index)
+        search = {}
+        fast = streamed_scores(index, 10, search=search, progress=True)["knn_raw"].to_numpy()  # what get_anomalies runs
         t_index = time.perf_counter() - t
         sub = np.sort(rng.choice(n, min(subset, n), replace=False))
         t = time.perf_counter()
-        knn.EXACT_BELOW = 1 << 62
-        # exact, against every galaxy, each query's own row left out
-        _, d, _ = knn.neighbours(X, 10, queries=X[sub], metric="cosine", exclude=sub)
-        slow = d.astype(np.float64).mean(1)
+        # exact, against every galaxy, each query's own row left out: streamed over the rows
+        slow = exact_scores(V, sub, 10)
         t_exact = time.perf_counter() - t
         top = max(1, len(sub) // 100)
         a = set(np.argsort(-fast[sub])[:top].tolist())
         b = set(np.argsort(-slow)[:top].tolist())
-        out["outliers"] = {"rows": n, "index_s": round(t_index, 1), "subset": len(sub),
+        out["outliers"] = {"rows": n, "index_s": round(t_index, 1), "search": search, "subset": len(sub),
                            "exact_subset_s": round(t_exact, 1), "top1pct_overlap": round(len(a & b) / top, 3),
                            "load": load()}
         print(f"outlier scores of {n:,} from the index: {t_index:.1f} s; top 1% of a {len(sub):,} subset "
-              f"overlaps the exact top 1% by {len(a & b) / top:.3f}; load {load()}", flush=True)
+              f"overlaps the exact top 1% by {len(a & b) / top:.3f} (exact: {t_exact:.1f} s); load {load()}", flush=True)
     return out
+
+
+def exact_scores(V, queries: np.ndarray, k: int, block: int = 65536) -> np.ndarray:
+    """Exact kNN outlier scores (mean cosine distance to the k nearest other rows) of rows
+    ``queries`` of V (n, d), V read in blocks (it may be memory-mapped)."""
+    Q = np.asarray(V[queries], np.float32)
+    Q /= np.maximum(np.linalg.norm(Q, axis=1, keepdims=True), 1e-12)
+    best = np.full((len(Q), k), np.inf, np.float32)
+    for s in range(0, len(V), block):
+        X = np.asarray(V[s:s + block], np.float32)
+        X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        for a in range(0, len(Q), 8192):
+            D = 1 - Q[a:a + 8192] @ X.T
+            own = (queries[a:a + 8192] >= s) & (queries[a:a + 8192] < s + len(X))
+            D[np.flatnonzero(own), queries[a:a + 8192][own] - s] = np.inf
+            kk = min(k, D.shape[1])
+            part = np.partition(D, kk - 1, axis=1)[:, :kk]
+            best[a:a + 8192] = np.partition(np.hstack([best[a:a + 8192], part]), k - 1, axis=1)[:, :k]
+    return np.maximum(best, 0).astype(np.float64).mean(1)
 
 
 def libraries(n: int) -> list[dict]:
@@ -245,14 +273,19 @@ def main() -> None:
     ap.add_argument("--outliers", action="store_true")
     ap.add_argument("--outlier-subset", type=int, default=100_000)
     ap.add_argument("--libraries", action="store_true", help="compare faiss, hnswlib and usearch at --index-rows")
-    ap.add_argument("--cache", default=None, help="where the index run is written (default: a temp folder)")
+    ap.add_argument("--cache", default=None, help="where the index run is written (default: a temp folder); "
+                    "with --run, the cache that holds that run")
+    ap.add_argument("--run", default=None, metavar="KEY", help="measure the index of this existing run of --cache "
+                    "(built, or read when `python -m core index` built it) instead of writing one")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "knn.json"))
     args = ap.parse_args()
     result = {"machine": f"{os.cpu_count()} cores", "load_start": load()}
     if args.exact_rows:
         result["exact"] = exact(args.exact_rows, 10)
+    if args.run:
+        result["index"] = index_goals(0, Path(args.cache), args.outliers, args.outlier_subset, args.run)
     with tempfile.TemporaryDirectory(dir=args.cache) as tmp:
-        if args.index_rows:
+        if args.index_rows and not args.run:
             result["index"] = index_goals(args.index_rows, Path(tmp), args.outliers, args.outlier_subset)
         if args.libraries:
             result["libraries"] = libraries(args.index_rows or 100_000)

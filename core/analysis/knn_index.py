@@ -395,6 +395,12 @@ def build_index(features_path, metric: str = "cosine", progress: bool = False, s
         for want, out in ((train_rows, train), (query_rows, Q)):
             a, b = np.searchsorted(want, [start, start + len(X)])
             out[a:b] = X[want[a:b] - start]
+        if progress:
+            print(f"\rindex: sampling {n_train:,} training rows and {len(Q):,} recall queries, "
+                  f"{start + len(X):,} / {n:,} read", end="", file=sys.stderr, flush=True)
+    if progress:
+        print(f"\nindex: training {p['nlist']:,} cells and {p['m']} product quantisers on {n_train:,} rows",
+              file=sys.stderr, flush=True)
     train, Q = _prepare(train, metric), _prepare(Q, metric)
     quantiser = faiss.IndexFlatL2(dim)
     index = faiss.IndexIVFPQ(quantiser, dim, int(p["nlist"]), int(p["m"]), int(p["nbits"]))
@@ -422,7 +428,8 @@ def build_index(features_path, metric: str = "cosine", progress: bool = False, s
         o = np.argpartition(cat_d, kq - 1, axis=1)[:, :kq]
         best_d, best_i = np.take_along_axis(cat_d, o, 1), np.take_along_axis(cat_i, o, 1)
         if progress:
-            print(f"\rindex: {start + len(X):,} / {n:,} galaxies", end="", file=sys.stderr, flush=True)
+            print(f"\rindex: {start + len(X):,} / {n:,} galaxies added ({time.perf_counter() - t0:.0f} s)", end="",
+                  file=sys.stderr, flush=True)
     if progress:
         print(file=sys.stderr)
     if V is not None:
