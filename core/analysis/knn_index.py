@@ -364,6 +364,14 @@ def get_index(run: dict, metric: str = "cosine", cache=None, progress: bool = Fa
     return get_or_compute(meta_path, lambda _: cached_index(run, metric, cache, **params), compute)[0]
 
 
+def _npy_writer(path, dtype, shape):
+    """An open file with a ``.npy`` header for an array of ``shape``; rows are then written in order."""
+    fh = open(path, "wb")
+    np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                               "fortran_order": False, "shape": tuple(int(v) for v in shape)})
+    return fh
+
+
 def _vectors_meta(vpath: Path) -> dict | None:
     try:
         return json.loads(vpath.with_suffix(".json").read_text())
@@ -412,10 +420,10 @@ def build_index(features_path, metric: str = "cosine", progress: bool = False, s
     best_i = np.full((len(Q), kq), -1, np.int64)
     best_d = np.full((len(Q), kq), np.inf, np.float32)
     q_norms = np.einsum("ij,ij->i", Q, Q)
-    V = None if vectors_out is None else np.lib.format.open_memmap(vectors_out, "w+", vectors_dtype, (n, dim))
+    V = None if vectors_out is None else _npy_writer(vectors_out, vectors_dtype, (n, dim))
     for start, X in iter_embeddings(features_path):
-        if V is not None:
-            V[start:start + len(X)] = X
+        if V is not None:  # written, not memory-mapped: the written pages are not this process's memory
+            V.write(np.ascontiguousarray(X, dtype=vectors_dtype).tobytes())
         X = _prepare(X, metric)
         index.add(X)
         D = q_norms[:, None] + np.einsum("ij,ij->i", X, X)[None, :] - 2 * (Q @ X.T)
@@ -433,8 +441,7 @@ def build_index(features_path, metric: str = "cosine", progress: bool = False, s
     if progress:
         print(file=sys.stderr)
     if V is not None:
-        V.flush()
-        del V
+        V.close()
     t_build = time.perf_counter() - t0
     # recall@10 of the index (with its exact re-rank) against the exact search; unless nprobe was
     # given, the fewest cells to visit that reach RECALL_TARGET on these queries

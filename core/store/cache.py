@@ -14,7 +14,8 @@ Layout under the cache folder (``--cache DIR``, else ``$EXPLORER_CACHE``, else
     anomalies/<key>.parquet     outlier scores of a features run
     label_issues/<key>.parquet  suspicious labels of a features run (core.analysis.label_issues)
     indexes/<key>.faiss         a nearest-neighbour index of one features run (+ <key>.json: parameters,
-                                recall@10, checksum; see core.analysis.knn_index)
+                                recall@10, checksum; see core.analysis.knn_index), and
+    indexes/<vkey>.vectors.npy  the run's features laid out by row for the index's exact re-rank
 
 Every parquet carries its provenance as JSON under the key-value metadata key
 ``explorer``. Files are written to ``.<name>.tmp-<pid>`` and renamed, so a
