@@ -179,23 +179,12 @@ def index_goals(n: int, cache: Path, outliers: bool, subset: int, run_key: str |
     return out
 
 
-def exact_scores(V, queries: np.ndarray, k: int, block: int = 65536) -> np.ndarray:
+def exact_scores(V, queries: np.ndarray, k: int) -> np.ndarray:
     """Exact kNN outlier scores (mean cosine distance to the k nearest other rows) of rows
-    ``queries`` of V (n, d), V read in blocks (it may be memory-mapped)."""
-    Q = np.asarray(V[queries], np.float32)
-    Q /= np.maximum(np.linalg.norm(Q, axis=1, keepdims=True), 1e-12)
-    best = np.full((len(Q), k), np.inf, np.float32)
-    for s in range(0, len(V), block):
-        X = np.asarray(V[s:s + block], np.float32)
-        X /= np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-        for a in range(0, len(Q), 8192):
-            D = 1 - Q[a:a + 8192] @ X.T
-            own = (queries[a:a + 8192] >= s) & (queries[a:a + 8192] < s + len(X))
-            D[np.flatnonzero(own), queries[a:a + 8192][own] - s] = np.inf
-            kk = min(k, D.shape[1])
-            part = np.partition(D, kk - 1, axis=1)[:, :kk]
-            best[a:a + 8192] = np.partition(np.hstack([best[a:a + 8192], part]), k - 1, axis=1)[:, :k]
-    return np.maximum(best, 0).astype(np.float64).mean(1)
+    ``queries`` of V (n, d): the exact search of the kNN entry point (blocked BLAS), V in memory."""
+    X = np.asarray(V, np.float32)
+    _, d, _ = knn.neighbours(X, k, queries=X[queries], metric="cosine", exclude=queries, exact_below=1 << 62)
+    return d.astype(np.float64).mean(1)
 
 
 def libraries(n: int) -> list[dict]:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import mmap
 import resource
 import sys
 import time
@@ -165,6 +166,25 @@ def open_vectors(path, meta: dict | None = None) -> np.ndarray | None:
     return V
 
 
+def gather(V: np.memmap, rows: np.ndarray) -> np.ndarray:
+    """``V[rows]`` of a memory-mapped matrix, with the kernel asked for every row's pages first
+    (madvise WILLNEED): on a cold page cache the ~100 scattered reads of a re-rank are then
+    in flight together instead of one page fault after another."""
+    mm = getattr(V, "_mmap", None)
+    if mm is not None and hasattr(mm, "madvise") and hasattr(mmap, "MADV_WILLNEED") and len(rows) <= 1 << 16:
+        row_bytes = V.shape[1] * V.itemsize
+        base = V.offset % mmap.ALLOCATIONGRANULARITY  # where the array starts inside the mapping
+        page = mmap.PAGESIZE
+        for r in np.asarray(rows, np.int64).tolist():
+            a = base + r * row_bytes
+            lo = a - a % page
+            try:
+                mm.madvise(mmap.MADV_WILLNEED, lo, a + row_bytes - lo)
+            except (OSError, ValueError):  # advice only
+                break
+    return np.asarray(V[rows])
+
+
 class ParquetRows:
     """Rows of a features run by position (for re-ranking without the whole matrix):
     reads only the row groups that hold them."""
@@ -259,9 +279,9 @@ class KnnIndex:
             if own is not None:
                 bad |= cand == own[s:s + 256, None]
             cand = np.where(bad, 0, cand)
-            if isinstance(rows, np.memmap):  # read each row once, in file order
+            if isinstance(rows, np.memmap):  # read each row once, in file order, the reads issued at once
                 flat, inv = np.unique(cand, return_inverse=True)
-                V = _prepare(rows[flat], self.metric)[inv.reshape(-1)].reshape(*cand.shape, -1)
+                V = _prepare(gather(rows, flat), self.metric)[inv.reshape(-1)].reshape(*cand.shape, -1)
             elif isinstance(rows, np.ndarray):
                 V = _prepare(rows[cand.ravel()], self.metric).reshape(*cand.shape, -1)
             else:
