@@ -41,6 +41,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -233,17 +234,20 @@ def clear(page, frame) -> tuple[float, dict]:
     return time.perf_counter() - t, got
 
 
+ANSWER = re.compile(r"^\d+ of \d+ neighbours share its class")  # the Neighbours view's answer, per feature space
+
+
 def neighbours_trip(page, galaxy: str) -> float:
     """Seconds from Enter in the Neighbours view's "Galaxy id" box to the answer on the page (its
     caption: "k of 8 neighbours share its class"), from a cleared box."""
-    box = page.get_by_label("Galaxy id")
+    box = page.get_by_role("textbox", name="Galaxy id")
     box.fill("")
     box.press("Enter")
     page.get_by_text("Try one of these").first.wait_for(timeout=300_000)
     box.fill(galaxy)
     t = time.perf_counter()
     box.press("Enter")
-    page.get_by_text("neighbours share its class").first.wait_for(timeout=600_000)
+    page.get_by_text(ANSWER).first.wait_for(timeout=600_000)
     return time.perf_counter() - t
 
 
@@ -251,10 +255,10 @@ def measure_neighbours(browser, url: str, n: int, tries: int = 4) -> dict:
     """The Neighbours view of a galaxy: the first answer (it opens the run's index) and the next ones."""
     page = browser.new_page(viewport={"width": 1500, "height": 1000})
     page.goto(url + "/?view=Neighbours")
-    page.get_by_label("Galaxy id").wait_for(timeout=300_000)
+    page.get_by_role("textbox", name="Galaxy id").wait_for(timeout=300_000)
     rng = __import__("random").Random(0)
     trips = [neighbours_trip(page, f"J{rng.randrange(n):07d}") for _ in range(tries)]
-    caption = page.get_by_text("neighbours share its class").first.inner_text()
+    caption = page.get_by_text(ANSWER).first.inner_text()
     page.close()
     return {"neighbours, first (s)": round(trips[0], 3), "neighbours, next (s)": [round(t, 3) for t in trips[1:]],
             "neighbours round trip (s)": round(statistics.median(trips[1:]), 3), "neighbours caption": caption}

@@ -29,6 +29,7 @@ class RunData:
     ids: np.ndarray  # (n,) fixed-width str: hover text (copies and serialises fast)
     custom: np.ndarray  # (n, 2) float32 [dataset row, confidence or NaN]: the charts' customdata
     position: pd.Index  # dataset row -> frame position
+    identity: bool = False  # dataset row == frame position for every galaxy (a run of the whole dataset)
 
     @property
     def n(self) -> int:
@@ -36,11 +37,33 @@ class RunData:
 
     def positions(self, rows) -> np.ndarray:
         """Frame positions of dataset rows (rows not in this run are dropped)."""
-        pos = self.position.get_indexer(np.asarray(rows, dtype=np.int64))
+        rows = np.asarray(rows, dtype=np.int64)
+        if self.identity:  # no hash table: 10M galaxies, a 650k-row selection in ms instead of 0.5 s
+            return rows[(rows >= 0) & (rows < self.n)]
+        pos = self.position.get_indexer(rows)
         return pos[pos >= 0]
 
     def meta_columns(self) -> list[str]:
         return [c for c in self.frame.columns if c.startswith("meta_") and c != "meta_file"]
+
+
+def fixed_width_ids(column) -> np.ndarray | None:
+    """A string column's values as a fixed-width numpy str array straight from its Arrow buffers
+    when every value is ASCII of one length (survey ids usually are: 10M in ~0.2 s instead of
+    ~2.5 s through Python strings); None otherwise."""
+    import pyarrow as pa
+
+    col = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    if not pa.types.is_string(col.type) or col.null_count or len(col) == 0:
+        return None
+    offsets = np.frombuffer(col.buffers()[1], dtype=np.int32, count=len(col) + 1, offset=col.offset * 4)
+    width = int(offsets[1] - offsets[0])
+    if width <= 0 or (np.diff(offsets) != width).any():
+        return None
+    data = np.frombuffer(col.buffers()[2], dtype=np.uint8)[offsets[0]:offsets[-1]]
+    if (data >= 128).any():
+        return None
+    return data.view(f"S{width}").astype(f"U{width}")
 
 
 def _named(codes: np.ndarray, names: np.ndarray) -> pd.Categorical | np.ndarray:
@@ -56,7 +79,9 @@ def _named(codes: np.ndarray, names: np.ndarray) -> pd.Categorical | np.ndarray:
 def build_run_data(run: dict, table) -> RunData:
     """RunData from a features run's provenance and its table (pyarrow or pandas,
     embedding/probs columns are ignored)."""
+    ids = None
     if not isinstance(table, pd.DataFrame):  # column by column, each freed once converted: no second copy at once
+        ids = fixed_width_ids(table.column("id")) if "id" in table.column_names else None
         table = table.select([c for c in table.column_names if c not in ("embedding", "probs")]).to_pandas(
             self_destruct=True, split_blocks=True)
     df = table.drop(columns=[c for c in ("embedding", "probs") if c in table.columns]).reset_index(drop=True)
@@ -96,8 +121,9 @@ def build_run_data(run: dict, table) -> RunData:
     if has_pred:
         custom[:, 1] = df["confidence"].to_numpy(np.float32)
     return RunData(run=run, frame=df, class_names=class_names, has_predictions=has_pred,
-                   no_predictions_reason=reason, ids=np.asarray(df["id"].astype(str).to_numpy(), dtype=str),
-                   custom=custom, position=pd.Index(rows))
+                   no_predictions_reason=reason, ids=ids if ids is not None else np.asarray(df["id"].astype(str).to_numpy(), dtype=str),
+                   custom=custom, position=pd.Index(rows),
+                   identity=bool(np.array_equal(rows, np.arange(len(rows)))))
 
 
 def read_run(run: dict) -> RunData:
