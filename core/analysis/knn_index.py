@@ -279,15 +279,23 @@ class KnnIndex:
             if own is not None:
                 bad |= cand == own[s:s + 256, None]
             cand = np.where(bad, 0, cand)
-            if isinstance(rows, np.memmap):  # read each row once, in file order, the reads issued at once
-                flat, inv = np.unique(cand, return_inverse=True)
-                V = _prepare(gather(rows, flat), self.metric)[inv.reshape(-1)].reshape(*cand.shape, -1)
+            flat, inv = np.unique(cand, return_inverse=True)  # each candidate row read once, in file order
+            inv = inv.reshape(cand.shape)
+            if isinstance(rows, np.memmap):  # the reads issued at once
+                R = gather(rows, flat)
             elif isinstance(rows, np.ndarray):
-                V = _prepare(rows[cand.ravel()], self.metric).reshape(*cand.shape, -1)
+                R = rows[flat]
             else:
-                flat, inv = np.unique(cand, return_inverse=True)
-                V = _prepare(rows(flat), self.metric)[inv.reshape(-1)].reshape(*cand.shape, -1)
-            d = np.einsum("mcd,mcd->mc", V, V) - 2 * np.einsum("mcd,md->mc", V, q) + np.einsum("md,md->m", q, q)[:, None]
+                R = rows(flat)
+            R = np.ascontiguousarray(R, dtype=np.float32)
+            sq = np.einsum("ij,ij->i", R, R)
+            dots = np.empty(cand.shape, np.float32)
+            for i in range(len(q)):  # each query against its own candidates only: no (m, c, d) copy
+                dots[i] = R[inv[i]] @ q[i]
+            if self.metric == "cosine":  # q is a unit vector: |r/|r| - q|^2 = 2 - 2 r.q / |r|
+                d = 2 - 2 * dots / np.sqrt(np.maximum(sq, 1e-24))[inv]
+            else:
+                d = sq[inv] - 2 * dots + np.einsum("md,md->m", q, q)[:, None]
             d = np.maximum(d, 0).astype(np.float32)
             d[bad] = np.inf
             o = np.argsort(d, axis=1, kind="stable")[:, :k]
