@@ -512,6 +512,20 @@ def test_large_run_says_how_to_get_its_outlier_scores(cache_copy, monkeypatch, c
     assert "outlier score (kNN)" in at.selectbox(key="colour").options
 
 
+def test_a_run_scored_from_its_index_says_how_long_and_where(cache_copy, monkeypatch):
+    """At survey scale the Unusual view says the scores come from the run's index, and how long that takes."""
+    import dashboard.views.unusual as unusual
+    from core.analysis import knn
+
+    monkeypatch.setattr(unusual, "AUTO_MAX", 100)
+    monkeypatch.setattr(knn, "EXACT_BELOW", 200)  # the fixture's 300 galaxies count as a survey
+    monkeypatch.setattr(unusual, "INDEX_SCORES_PER_SECOND", 0.05)  # 300 galaxies: 100 minutes
+    at = view(run_app(), "Unusual")
+    assert ("These 300 are scored from the run's neighbour index, every galaxy a query: about 1.7 hours on two "
+            "CPU cores, so run this command in a terminal") in texts(at)
+    assert [c.value for c in at.code][0].startswith("python -m core anomalies --run ")
+
+
 @pytest.mark.slow
 def test_neighbours_answer_from_the_run_index_above_the_threshold(cache_copy, monkeypatch):
     from core.analysis import knn

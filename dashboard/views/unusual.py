@@ -20,6 +20,11 @@ from .common import Context, mtime, gallery, log
 
 AUTO_MAX = 5_000  # scored on first view (seconds); larger runs on request (17,736 x 768: ~0.5-2 min on 2 cores)
 SCORES = {"mean": "both (mean)", "knn": "kNN distance", "iforest": "isolation forest"}
+INDEX_SCORES_PER_SECOND = 600  # galaxies scored per second from an index on 2 cores (1M x 768, docs/BENCHMARKS.md)
+
+
+def _duration(minutes: float) -> str:
+    return f"{minutes:.0f} minutes" if minutes < 90 else f"{minutes / 60:.1f} hours"
 
 
 def _anomalies_mtime(cache: str, key: str) -> int:
@@ -104,7 +109,15 @@ def unusual_view(ctx: Context) -> None:
                "distance to the 10 nearest galaxies; isolation forest = how quickly random splits isolate it.")
     frame = ctx.data.frame
     if f"meta_{OUTLIER_COLUMNS['knn']}" not in frame:
-        if ctx.data.n > AUTO_MAX:
+        from core.analysis import knn
+
+        if ctx.data.n >= knn.EXACT_BELOW:  # every galaxy a query to the run's index
+            minutes = ctx.data.n / INDEX_SCORES_PER_SECOND / 60
+            st.info(f"Runs of more than {AUTO_MAX:,} galaxies are scored only on request. These {ctx.data.n:,} are "
+                    f"scored from the run's neighbour index, every galaxy a query: about {_duration(minutes)} on two "
+                    "CPU cores, so run this command in a terminal (it shows its progress); the scores are then cached "
+                    "and **Colour by** offers them too.")
+        elif ctx.data.n > AUTO_MAX:
             st.info(f"Runs of more than {AUTO_MAX:,} galaxies are scored only on request: score these "
                     f"{ctx.data.n:,} once with this command (or the button; about a minute or two on a laptop "
                     "CPU), then the scores are cached and **Colour by** offers them too.")
