@@ -29,9 +29,9 @@ def by_id(ctx: Context) -> None:
     text = text.strip()
     if not text:
         return
-    ids = ctx.data.frame["id"].astype(str)
-    exact = np.flatnonzero(ids.to_numpy() == text)
-    hits = exact if len(exact) else np.flatnonzero(ids.str.contains(text, regex=False).to_numpy())
+    exact = np.flatnonzero(ctx.data.ids == text)  # fixed-width array: 10M galaxies in tens of ms
+    hits = exact if len(exact) else np.flatnonzero(
+        ctx.data.frame["id"].astype(str).str.contains(text, regex=False).to_numpy())
     if not len(hits):
         st.warning(f"No galaxy id contains {text!r} in this run.")
         return
