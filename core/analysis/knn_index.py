@@ -27,8 +27,8 @@ search is recorded with the index (``recall_at_10``) with the build time and
 peak memory.
 
 Files: ``<cache>/indexes/<key>.faiss`` and ``<key>.json`` (parameters, recall,
-the index file's size and SHA-256), and ``<run key>-<fingerprint>.vectors.npy``. The key holds the run's key and its
-fingerprint (rows, bytes, created), so a re-extracted run gets a new index.
+the index file's size and SHA-256), and ``<vkey>.vectors.npy`` (+ ``.vectors.json``). Both keys
+hold the run's key and its fingerprint (rows, bytes, created), so a re-extracted run gets a new index.
 The JSON is written last, atomically: it is the commit mark. An index file
 whose checksum disagrees with its JSON is never read (faiss may crash on a
 damaged file): it is rebuilt.
