@@ -607,12 +607,17 @@ window.addEventListener("mouseup", (e) => {
   if (poly.length > 120) { const step = poly.length / 120; poly = Array.from({ length: 120 }, (_, k) => poly[Math.floor(k * step)]); }
   if (poly.length < 3) return;
   poly = poly.map(([x, y]) => [+x.toPrecision(7), +y.toPrecision(7)]);
-  // the selection at once, computed here; the server answers with the same galaxies (its gallery and counts)
-  S.local = { pos: pointsInPolygon(poly), at: performance.now() };
-  window.__bigmap.localSelected = S.local.pos.length;
-  S.marksKey = null;
-  schedule();
+  // The event leaves first, so the server works on it while the same galaxies are found here (10M
+  // points: ~0.4 s) and ringed at once; the server then answers with them (its gallery and counts).
+  const token = (S.selectToken = (S.selectToken || 0) + 1);
   send({ event: "select", shape: S.mode, polygon: poly });
+  setTimeout(() => {
+    if (S.selectToken !== token) return;  // the server's answer came first, or another gesture
+    S.local = { pos: pointsInPolygon(poly), at: performance.now() };
+    window.__bigmap.localSelected = S.local.pos.length;
+    S.marksKey = null;
+    schedule();
+  }, 0);
 });
 overlay.addEventListener("mouseleave", () => { S.hover = -1; S.hoverStar = -1; $("tip").style.display = "none"; drawOverlay(); });
 overlay.addEventListener("wheel", (e) => {
@@ -672,7 +677,10 @@ async function update(args) {
   const rings = Promise.all(ringSets.map((r) => loadRing(r.url))).then(() => {
     if (B.trip && prev && !B.trip.rings) B.trip.rings = performance.now();
     const sel = ringSets.find((r) => r.selection);
-    if (S.local && answer && sel && S.rings[sel.url]) S.local = null;  // the server's selection replaces ours
+    if (answer && sel && S.rings[sel.url]) {  // the server's selection replaces ours (or one not yet computed)
+      S.local = null;
+      S.selectToken = (S.selectToken || 0) + 1;
+    }
     S.marksKey = null;
     schedule();
   });
