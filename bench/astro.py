@@ -14,21 +14,13 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def timed(fn, repeat: int = 3) -> float:
-    best = np.inf
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+from timing import best_of  # noqa: E402
 
 
 def main() -> None:
@@ -44,8 +36,8 @@ def main() -> None:
 
     rng = np.random.default_rng(0)
     ra, dec = rng.uniform(0, 360, args.n), rng.uniform(-90, 90, args.n)
-    ours = timed(lambda: sky.sexagesimal(ra, dec))
-    theirs = timed(lambda: (Angle(ra, unit=u.deg).to_string(unit=u.hourangle, sep="hms", precision=2, pad=True),
+    ours = best_of(lambda: sky.sexagesimal(ra, dec))
+    theirs = best_of(lambda: (Angle(ra, unit=u.deg).to_string(unit=u.hourangle, sep="hms", precision=2, pad=True),
                             Angle(dec, unit=u.deg).to_string(unit=u.deg, sep="dms", precision=1, pad=True,
                                                              alwayssign=True)), repeat=1)
     out = {"n": args.n, "dim": args.dim, "cpus": os.cpu_count(),
@@ -54,10 +46,10 @@ def main() -> None:
     X = rng.normal(size=(args.n, args.dim)).astype(np.float32)
     from sklearn.neighbors import NearestNeighbors
 
-    base = timed(lambda: NearestNeighbors(n_neighbors=11, metric="cosine", algorithm="brute").fit(X).kneighbors(X),
+    base = best_of(lambda: NearestNeighbors(n_neighbors=11, metric="cosine", algorithm="brute").fit(X).kneighbors(X),
                  repeat=1)
-    t_knn = timed(lambda: anomaly.knn_distance(X, 10), repeat=1)
-    t_forest = timed(lambda: anomaly.isolation_forest(X), repeat=1)
+    t_knn = best_of(lambda: anomaly.knn_distance(X, 10), repeat=1)
+    t_forest = best_of(lambda: anomaly.isolation_forest(X), repeat=1)
     out["outlier_scores"] = {"knn_s": round(t_knn, 2), "iforest_s": round(t_forest, 2),
                              "sklearn_cosine_knn_baseline_s": round(base, 2),
                              "knn_ratio_to_baseline": round(t_knn / base, 3),
@@ -80,7 +72,7 @@ def main() -> None:
         return map_figure(data, xy).to_json()
 
     build(with_sky)  # the sexagesimal strings are computed once per run (cached on the RunData)
-    t_plain, t_sky = timed(lambda: build(plain)), timed(lambda: build(with_sky))
+    t_plain, t_sky = best_of(lambda: build(plain)), best_of(lambda: build(with_sky))
     out["map_figure"] = {"without_positions_s": round(t_plain, 3), "with_positions_s": round(t_sky, 3),
                          "ratio": round(t_sky / t_plain, 2), "json_mb_without": round(len(build(plain)) / 1e6, 2),
                          "json_mb_with": round(len(build(with_sky)) / 1e6, 2)}

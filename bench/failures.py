@@ -40,15 +40,12 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.analysis import label_issues as li  # noqa: E402
+from timing import load  # noqa: E402
 from core.analysis.slices import find_slices  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "failures.json"
 NOISE_RATE = 0.10
 TOP = 100
-
-
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
 
 
 def demo_runs(cache) -> dict:

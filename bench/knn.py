@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO))
 from core.analysis import knn  # noqa: E402
 from core.analysis import knn_index  # noqa: E402
 from core.store import cache as store  # noqa: E402
+from timing import best_of, load  # noqa: E402
 
 CLASSES = 10
 
@@ -66,19 +67,6 @@ def features(n: int, d: int = 768, seed: int = 0, latent: int = 16, start: int =
     return out
 
 
-def load() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-def timed(f, repeat: int = 2) -> float:
-    best = np.inf
-    for _ in range(repeat):
-        t = time.perf_counter()
-        f()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
 def exact(n: int, k: int) -> dict:
     from sklearn.neighbors import NearestNeighbors
 
@@ -86,9 +74,9 @@ def exact(n: int, k: int) -> dict:
     load0 = load()
     t_gemm = t_ours = t_sk = np.inf
     for _ in range(2):  # interleaved rounds, the fastest of each kept: load drifts alike for all three
-        t_gemm = min(t_gemm, timed(lambda: X @ X.T, 1))
-        t_ours = min(t_ours, timed(lambda: knn.knn(X, k, device="cpu"), 1))
-        t_sk = min(t_sk, timed(lambda: NearestNeighbors(n_neighbors=k, algorithm="brute").fit(X).kneighbors(), 1))
+        t_gemm = min(t_gemm, best_of(lambda: X @ X.T, 1))
+        t_ours = min(t_ours, best_of(lambda: knn.knn(X, k, device="cpu"), 1))
+        t_sk = min(t_sk, best_of(lambda: NearestNeighbors(n_neighbors=k, algorithm="brute").fit(X).kneighbors(), 1))
     ours, _ = knn.knn(X, k, device="cpu")
     ref = NearestNeighbors(n_neighbors=k, algorithm="brute").fit(X).kneighbors(return_distance=False)
     out = {"rows": n, "dim": X.shape[1], "k": k, "gemm_s": round(t_gemm, 2), "ours_s": round(t_ours, 2),
